@@ -1,0 +1,52 @@
+# sandworker developer entry points. Every target installs what it needs.
+PY      ?= /usr/bin/python3.11
+VENV    := .venv
+VPY     := $(CURDIR)/$(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+APT_PKGS := bubblewrap procps util-linux iproute2 hyperfine
+
+.PHONY: run test lint typecheck schema check-schema bench apt clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "error: $(PY) not found; install python3.11 and python3.11-venv (apt-get install python3.11-venv)" >&2; exit 1; }
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "note: missing apt packages:$$missing (run as root to install)"; fi; fi
+
+# Until the daemon exists, `make run` tries the sandbox on a sample script.
+run: $(STAMP)
+	$(VENV)/bin/sandworker sandbox run --project demo --policy-dir policies/dev -- /bin/sh -c 'id; echo "hello from $$PWD"; ls /'
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	rm -rf .build/mypy && mkdir -p .build/mypy/sandworker
+	cp sandworker/__init__.py .build/mypy/sandworker/
+	ln -s $(CURDIR)/daemon .build/mypy/sandworker/daemon
+	ln -s $(CURDIR)/sandbox .build/mypy/sandworker/sandbox
+	cd .build/mypy && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p sandworker
+
+schema: $(STAMP)
+	$(VENV)/bin/sandworker policy schema > policies/schema/policy.v1.json
+
+check-schema: $(STAMP)
+	$(VENV)/bin/sandworker policy schema | diff -u policies/schema/policy.v1.json - \
+	  || { echo "policies/schema/policy.v1.json is stale: run 'make schema' and commit it" >&2; exit 1; }
+
+test: $(STAMP) apt lint typecheck check-schema
+	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: $(STAMP) apt
+	$(VPY) bench/spawn.py
+
+clean:
+	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""From validated request and effective policy to a confined running process."""
