@@ -1,0 +1,347 @@
+"""The supervisor side of one script: spawn the launcher, watch it, end it, say how it ended.
+
+`Sandbox` is the narrow face the daemon and the CLI use: `start()` takes a
+request and the effective policy and returns a `Running` script whose output
+descriptors the caller reads; `run()` is the blocking loop used by
+`sandworker sandbox run` and the tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import json
+import os
+import select
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .accounts import Account, Accounts
+from .cgroups import ScriptGroup
+from .effective import EffectivePolicy
+from .host import HostSupport, probe
+from .layers import Layer
+from .plan import Plan, Refused, build, check_required
+from .settings import SandboxSettings
+from .spec import LaunchSpec
+from .syntaxes import SYNTAXES, interpreter_for
+from .workspace import RunDirs, Workspaces
+
+LAUNCHER = str(Path(__file__).with_name("launcher.py"))
+SETUP_DEADLINE = 30.0
+
+
+class Reason(enum.StrEnum):
+    """How a run ended. Metrics and audit events use these values."""
+
+    EXITED = "exited"  # the script ended by itself (any exit code or signal)
+    REFUSED = "refused"  # never started: policy, syntax or missing required layer
+    SETUP_FAILED = "setup_failed"  # the launcher could not apply a layer
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    MEMORY = "memory"  # killed by the memory limit
+    OUTPUT = "output"  # killed for printing more than the output limit
+    CPU = "cpu"  # killed by the CPU time limit
+    FILE_SIZE = "file_size"  # killed by the file size limit
+
+
+@dataclass
+class Outcome:
+    reason: Reason
+    exit_code: int | None  # None when killed by a signal
+    signal: str | None
+    message: str
+    spawn_seconds: float = 0.0
+    duration_seconds: float = 0.0
+    limit_hits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One script: either a body in a syntax, or (trial CLI only) an argv to exec."""
+
+    project: str
+    run_id: str
+    syntax: str = "bash"
+    body: str | None = None
+    arguments: tuple[str, ...] = ()
+    argv: tuple[str, ...] = ()
+
+
+OutputSink = Callable[[str, bytes], None]  # (source: "stdout"/"stderr"/"debug", data)
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe numbered above the launcher's fixed descriptors (0-4)."""
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+        os.close(fd)
+    return ends[0], ends[1]
+
+
+@dataclass
+class Running:
+    pid: int
+    stdout: int
+    stderr: int
+    status: int
+    group: ScriptGroup | None
+    plan: Plan
+    account: Account
+    dirs: RunDirs
+    started: float
+    policy: EffectivePolicy
+    ended_by: Reason | None = None
+
+    def setup_error(self, deadline: float = SETUP_DEADLINE) -> str | None:
+        """Block until the launcher has exec'd the script (None) or failed (the reason)."""
+        chunks = []
+        end = time.monotonic() + deadline
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.status], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(self.status, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            return f"launcher did not finish setting up within {deadline:.0f}s"
+        os.close(self.status)
+        if not chunks:
+            return None
+        try:
+            report = json.loads(b"".join(chunks).splitlines()[0])
+            return f"{report['layer']}: {report['error']}"
+        except (ValueError, KeyError, IndexError):
+            return b"".join(chunks).decode(errors="replace").strip()
+
+    def terminate(self, reason: Reason) -> None:
+        """Ask the whole tree to stop (TERM); `kill()` follows after the grace period."""
+        self.ended_by = self.ended_by or reason
+        for target in (self.pid,):
+            try:
+                os.kill(target, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self.group is not None and Layer.PID not in self.plan.applied:
+            self.group.signal_all(signal.SIGTERM)
+
+    def kill(self, reason: Reason | None = None) -> None:
+        """Kill every process of the run, now."""
+        if reason is not None:
+            self.ended_by = self.ended_by or reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # its init then dies of PDEATHSIG: the pid ns ends
+        except ProcessLookupError:
+            pass
+        if self.group is not None:
+            self.group.kill()
+
+    def finish(self, raw_status: int, setup_error: str | None) -> Outcome:
+        """Make sure nothing is left, remove the cgroups, and describe the ending."""
+        hits: dict[str, int] = {}
+        if self.group is not None:
+            hits = self.group.events()
+            if not self.group.kill():
+                self.plan.debug.append("processes survived cgroup kill; see the host log")
+            self.group.remove()
+        for fd in (self.stdout, self.stderr):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        duration = time.monotonic() - self.started
+        outcome = _describe(raw_status, setup_error, self.ended_by, hits, self.policy)
+        outcome.duration_seconds = duration
+        outcome.limit_hits = hits
+        return outcome
+
+
+def _describe(
+    raw: int, setup_error: str | None, ended_by: Reason | None, hits: dict[str, int],
+    policy: EffectivePolicy,
+) -> Outcome:  # fmt: skip
+    code = os.waitstatus_to_exitcode(raw)
+    sig = signal.Signals(-code).name if code < 0 else None
+    exit_code = None if code < 0 else code
+    if setup_error is not None:
+        return Outcome(Reason.SETUP_FAILED, exit_code, sig, f"setup failed: {setup_error}")
+    if ended_by is not None:
+        what = {
+            Reason.TIMEOUT: f"timed out after {policy.timeout_seconds:g}s",
+            Reason.CANCELLED: "cancelled",
+            Reason.OUTPUT: f"printed more than {policy.limits.output_bytes} bytes",
+        }.get(ended_by, str(ended_by))
+        return Outcome(ended_by, exit_code, sig, f"{what}; the whole process tree was killed")
+    if sig == "SIGKILL" and hits.get("memory"):
+        return Outcome(Reason.MEMORY, None, sig, f"killed: memory limit {policy.limits.memory_bytes} bytes")
+    if sig == "SIGXCPU":
+        return Outcome(Reason.CPU, None, sig, f"killed: CPU time limit {policy.limits.cpu_seconds}s")
+    if sig == "SIGXFSZ":
+        return Outcome(Reason.FILE_SIZE, None, sig, f"killed: file size limit {policy.limits.file_size_bytes} bytes")
+    text = f"exited with code {exit_code}" if sig is None else f"killed by {sig}"
+    return Outcome(Reason.EXITED, exit_code, sig, text)
+
+
+class Sandbox:
+    """Runs scripts for many projects on one host under one settings object."""
+
+    def __init__(self, settings: SandboxSettings, host: HostSupport | None = None) -> None:
+        self.settings = settings
+        self.host = host or probe()
+        self.accounts = Accounts(settings.state_dir, settings.uid_range)
+        self.workspaces = Workspaces(settings.state_dir)
+
+    def start(self, request: Request, policy: EffectivePolicy) -> Running:
+        """Prepare the workspace and cgroups and spawn the launcher. Raises Refused."""
+        check_required(policy, self.host)  # refuse before touching anything
+        self.workspaces.prepare()
+        account = self.accounts.for_project(request.project, policy.account) if self.host.root \
+            else None  # fmt: skip
+        owner = account or Account(os.getuid(), os.getgid(), "self")
+        files: dict[str, bytes] = {}
+        if request.argv:
+            if not os.path.isabs(request.argv[0]):
+                raise Refused(f"{request.argv[0]!r}: give the program as an absolute path")
+            argv = list(request.argv)
+        else:
+            try:
+                interp = interpreter_for(request.syntax, self.settings.interpreters, policy.syntaxes)
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
+            syntax = SYNTAXES[request.syntax]
+            files[syntax.filename] = (request.body or "").encode()
+            argv = []  # filled below, once the run directory is known
+        dirs = self.workspaces.create_run(request.project, request.run_id, owner, files)
+        if not argv:
+            script = str(dirs.cwd / SYNTAXES[request.syntax].filename)
+            argv = SYNTAXES[request.syntax].argv(interp, script, list(request.arguments))
+        plan = build(self.settings, policy, self.host, account, dirs, argv)
+        return self._spawn(plan, policy, owner, dirs, request.run_id)
+
+    def _spawn(self, plan: Plan, policy: EffectivePolicy, account: Account, dirs: RunDirs,
+               run_id: str) -> Running:  # fmt: skip
+        wanted = set(plan.applied)
+        group = None
+        if wanted & {Layer.CGROUP_MEMORY, Layer.CGROUP_PIDS, Layer.CGROUP_CPU, Layer.CGROUP_KILL}:
+            group = ScriptGroup.create(self.host.hierarchy, run_id, policy.limits, wanted)
+        spec_r, spec_w = _high_pipe()
+        status_r, status_w = _high_pipe()
+        out_r, out_w = _high_pipe()
+        err_r, err_w = _high_pipe()
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        started = time.monotonic()
+        try:
+            pid = os.posix_spawn(
+                self.settings.launcher_python,
+                [self.settings.launcher_python, "-I", "-S", LAUNCHER],
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, null, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                    (os.POSIX_SPAWN_DUP2, spec_r, 3),
+                    (os.POSIX_SPAWN_DUP2, status_w, 4),
+                ],
+                setsid=True,
+            )
+        except BaseException:
+            for fd in (spec_r, spec_w, status_r, status_w, out_r, out_w, err_r, err_w, null):
+                os.close(fd)
+            if group is not None:
+                group.remove()
+            raise
+        for fd in (spec_r, status_w, out_w, err_w, null):
+            os.close(fd)
+        try:
+            if group is not None:
+                group.place(pid)
+            _write_all(spec_w, json.dumps(plan.spec).encode())
+        finally:
+            os.close(spec_w)
+        return Running(pid, out_r, err_r, status_r, group, plan, account, dirs, started, policy)
+
+    def run(self, request: Request, policy: EffectivePolicy, sink: OutputSink,
+            cancel: Callable[[], bool] = lambda: False) -> Outcome:  # fmt: skip
+        """Run one script to the end in the foreground, streaming its output to `sink`."""
+        try:
+            running = self.start(request, policy)
+        except Refused as exc:
+            sink("debug", f"refused: {exc}\n".encode())
+            return Outcome(Reason.REFUSED, None, None, str(exc))
+        for line in running.plan.debug:
+            sink("debug", f"{line}\n".encode())
+        setup_error = running.setup_error()
+        spawn_seconds = time.monotonic() - running.started
+        raw = _supervise(running, sink, cancel) if setup_error is None else _reap(running.pid)
+        outcome = running.finish(raw, setup_error)
+        outcome.spawn_seconds = spawn_seconds
+        return outcome
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _reap(pid: int) -> int:
+    return os.waitpid(pid, 0)[1]
+
+
+def _supervise(running: Running, sink: OutputSink, cancel: Callable[[], bool]) -> int:
+    """Pump output, enforce timeout, output limit and cancel; return the raw wait status."""
+    policy = running.policy
+    deadline = running.started + policy.timeout_seconds
+    kill_at: float | None = None
+    printed = 0
+    pidfd = os.pidfd_open(running.pid)
+    sel = selectors.DefaultSelector()
+    sel.register(running.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(running.stderr, selectors.EVENT_READ, "stderr")
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    raw: int | None = None
+    drain_until: float | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            if raw is not None and (not sel.get_map() or now > (drain_until or now)):
+                break
+            if raw is None:
+                if now >= deadline and running.ended_by is None:
+                    running.terminate(Reason.TIMEOUT)
+                    kill_at = now + policy.kill_grace_seconds
+                elif cancel() and running.ended_by is None:
+                    running.terminate(Reason.CANCELLED)
+                    kill_at = now + policy.kill_grace_seconds
+                if kill_at is not None and now >= kill_at:
+                    running.kill()
+                    kill_at = now + 1.0
+            for key, _ in sel.select(timeout=0.05):
+                if key.data == "exit":
+                    raw = os.waitpid(running.pid, 0)[1]
+                    sel.unregister(pidfd)
+                    if running.group is not None:
+                        running.group.kill()  # the launcher is gone: nothing else may stay
+                    drain_until = time.monotonic() + 2.0
+                    continue
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fd)
+                    continue
+                room = policy.limits.output_bytes - printed
+                printed += len(data)
+                sink(key.data, data[: max(room, 0)])
+                if printed > policy.limits.output_bytes and running.ended_by is None:
+                    running.kill(Reason.OUTPUT)
+    finally:
+        sel.close()
+        os.close(pidfd)
+    assert raw is not None
+    return raw
