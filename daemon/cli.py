@@ -1,5 +1,183 @@
-"""Command line entry point."""
+"""The `sandworker` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sandworker import __version__
+from sandworker.sandbox.host import probe
+from sandworker.sandbox.layers import DESCRIPTIONS, Layer
+from sandworker.sandbox.policy import DEFAULT_POLICY_DIR, PolicyDenied, PolicyError, load_policies
+from sandworker.sandbox.projects import InvalidProject, validate_project
+from sandworker.sandbox.runner import Outcome, Reason, Request, Sandbox
+from sandworker.sandbox.settings import DEFAULT_INTERPRETERS, SandboxSettings, default_state_dir
+from sandworker.sandbox.syntaxes import SYNTAXES
+
+from . import cli_policy
+
+# Exit codes of `sandbox run` when the script did not simply exit (documented in --help).
+EXIT_REFUSED, EXIT_SETUP, EXIT_TIMEOUT = 3, 127, 124
 
 
-def main() -> int:
+def _policy_paths(args: argparse.Namespace) -> list[Path]:
+    return [Path(p) for p in (args.policy_dir or [DEFAULT_POLICY_DIR])]
+
+
+def _settings(args: argparse.Namespace) -> SandboxSettings:
+    interpreters = dict(DEFAULT_INTERPRETERS)
+    for item in args.interpreter or []:
+        name, _, path = item.partition("=")
+        interpreters[name] = path
+    return SandboxSettings(state_dir=Path(args.state_dir), interpreters=interpreters)
+
+
+def _exit_code(outcome: Outcome) -> int:
+    if outcome.reason is Reason.REFUSED:
+        return EXIT_REFUSED
+    if outcome.reason is Reason.SETUP_FAILED:
+        return EXIT_SETUP
+    if outcome.reason is Reason.TIMEOUT:
+        return EXIT_TIMEOUT
+    if outcome.exit_code is not None:
+        return outcome.exit_code
+    return 128 + signal.Signals[outcome.signal or "SIGKILL"].value
+
+
+def cmd_sandbox_run(args: argparse.Namespace) -> int:
+    try:
+        project = validate_project(args.project)
+        policy = load_policies(_policy_paths(args)).resolve(project)
+    except (InvalidProject, PolicyDenied) as exc:
+        print(f"sandworker: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except PolicyError as exc:
+        print(f"sandworker: invalid policy:\n{exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.argv:
+        argv = args.argv[1:] if args.argv[0] == "--" else args.argv
+        request = Request(project, _run_id(), argv=tuple(argv))
+    else:
+        body = args.command if args.command is not None else Path(args.file).read_text()
+        request = Request(project, _run_id(), args.syntax, body, tuple(args.args or ()))
+    cancelled = []
+    signal.signal(signal.SIGINT, lambda *_: cancelled.append(True))
+    signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
+    sandbox = Sandbox(_settings(args))
+
+    def sink(source: str, data: bytes) -> None:
+        if source == "debug":
+            if args.verbose or not data.startswith(b"layer ") or b"NOT applied" in data:
+                sys.stderr.buffer.write(b"sandworker: " + data)
+            return
+        stream = sys.stdout.buffer if source == "stdout" else sys.stderr.buffer
+        stream.write(data)
+        stream.flush()
+
+    outcome = sandbox.run(request, policy, sink, cancel=lambda: bool(cancelled))
+    sys.stdout.flush()
+    print(
+        f"sandworker: {request.run_id}: {outcome.reason}: {outcome.message}"
+        f" (spawn {outcome.spawn_seconds * 1000:.1f} ms, total {outcome.duration_seconds:.2f} s)",
+        file=sys.stderr,
+    )
+    if not args.keep and outcome.reason is not Reason.REFUSED:
+        sandbox.cleanup(request, policy)
+    return _exit_code(outcome)
+
+
+def _run_id() -> str:
+    return f"run-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    host = probe()
+    print(f"sandworker {__version__} doctor: running as {'root' if host.root else 'non-root'}"
+          f", Landlock ABI {host.landlock_abi}")  # fmt: skip
+    for layer in Layer:
+        why = host.missing.get(layer)
+        state = "ok" if why is None else "MISSING"
+        print(f"  {layer:<15} {state:<8} {DESCRIPTIONS[layer]}" + ("" if why is None else f": {why}"))
+    for name, path in sorted(_settings(args).interpreters.items()):
+        found = "ok" if os.access(path, os.X_OK) else "MISSING"
+        print(f"  syntax {name:<8} {found:<8} {path}")
+    try:
+        policies = load_policies(_policy_paths(args))
+    except PolicyError as exc:
+        print(f"policy: invalid:\n{exc}", file=sys.stderr)
+        return 1
+    required = policies.required_layers()
+    lacking = sorted(layer for layer in required if layer in host.missing)
+    if lacking:
+        print(f"policy requires layers this host lacks: {', '.join(lacking)};"
+              " those projects' scripts will be refused", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"policy: every required layer ({len(required)}) is available")
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandworker", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sandworker {__version__}")
+    sub = parser.add_subparsers(dest="command_name", required=True)
+
+    def host_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--policy-dir", action="append", metavar="PATH",
+                       help=f"policy directory or file (repeatable; default {DEFAULT_POLICY_DIR})")
+        p.add_argument("--state-dir", default=str(default_state_dir()),
+                       help="where workspaces and the account map live (default %(default)s)")
+        p.add_argument("--interpreter", action="append", metavar="SYNTAX=PATH",
+                       help="absolute interpreter path for a syntax (repeatable)")  # fmt: skip
+
+    doctor = sub.add_parser("doctor", help="report which isolation layers this host supports")
+    host_options(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
+    sandbox = sub.add_parser("sandbox", help="try the sandbox locally").add_subparsers(
+        dest="sandbox_command", required=True
+    )
+    run = sandbox.add_parser(
+        "run",
+        help="run one script under a project's effective policy, in the foreground",
+        epilog="Exit status: the script's own; 128+N if killed by signal N; "
+        f"{EXIT_TIMEOUT} on timeout; {EXIT_REFUSED} if refused; {EXIT_SETUP} if setup failed.",
+    )
+    host_options(run)
+    run.add_argument("--project", required=True)
+    run.add_argument("--syntax", default="bash", choices=sorted(SYNTAXES))
+    run.add_argument("--keep", action="store_true", help="keep the run's working directory")
+    run.add_argument("-v", "--verbose", action="store_true", help="show every layer applied")
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("file", nargs="?", help="script file")
+    what.add_argument("-c", dest="command", metavar="TEXT", help="script text")
+    run.add_argument("args", nargs="*", default=[], help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_sandbox_run, argv=None)
+    cli_policy.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    program: list[str] | None = None
+    if "--" in args_list and args_list[:2] == ["sandbox", "run"]:
+        split = args_list.index("--")
+        args_list, program = args_list[:split], args_list[split + 1 :]
+        if not program:
+            print("sandworker: nothing to run after --", file=sys.stderr)
+            return 2
+        args_list.append("-c")
+        args_list.append("")
+    args = build_parser().parse_args(args_list)
+    if program is not None:
+        args.argv, args.command = program, None
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

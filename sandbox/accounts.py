@@ -53,6 +53,7 @@ class Accounts:
     def for_project(self, project: str, account: str) -> Account:
         if account != DYNAMIC:
             return self._named(account)
+        self._lock.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
         fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -91,5 +92,7 @@ class Accounts:
         except KeyError:
             raise AccountError(f"account {name!r} does not exist on this host") from None
         if entry.pw_uid == 0 or entry.pw_gid == 0:
-            raise AccountError(f"account {name!r} is root (uid or gid 0); scripts never run as root")
+            raise AccountError(
+                f"account {name!r} is root (uid or gid 0); scripts never run as root"
+            )
         return Account(entry.pw_uid, entry.pw_gid, name)

@@ -70,7 +70,9 @@ class Hierarchy:
         if unified is not None and os.access(unified, os.W_OK):
             found.v2 = unified
             try:
-                found.v2_controllers = frozenset((unified / "cgroup.controllers").read_text().split())
+                found.v2_controllers = frozenset(
+                    (unified / "cgroup.controllers").read_text().split()
+                )
             except OSError:
                 pass
         for name in ("memory", "pids", "cpu"):
@@ -81,10 +83,12 @@ class Hierarchy:
 
     def supported(self) -> dict[Layer, str | None]:
         """Layer -> None when supported, else the reason it is not."""
+
         def why(name: str) -> str | None:
             if name in self.v2_controllers or name in self.v1:
                 return None
             return f"no writable cgroup with the {name} controller below this process"
+
         # cgroup.kill (Linux 5.14) exists in every group but the root, so ask the kernel version
         kill_ok = self.v2 is not None and kernel_at_least(5, 14)
         return {
@@ -102,7 +106,9 @@ class ScriptGroup:
     dirs: dict[str, Path]  # "unified" or controller name -> the run's group
 
     @classmethod
-    def create(cls, hierarchy: Hierarchy, run_id: str, limits: Limits, want: set[Layer]) -> ScriptGroup:
+    def create(
+        cls, hierarchy: Hierarchy, run_id: str, limits: Limits, want: set[Layer]
+    ) -> ScriptGroup:
         name = PREFIX + run_id
         dirs: dict[str, Path] = {}
         group = cls(dirs)
@@ -212,7 +218,9 @@ def kernel_at_least(major: int, minor: int) -> bool:
 
 
 def _layer_of(controller: str) -> Layer:
-    return {"memory": Layer.CGROUP_MEMORY, "pids": Layer.CGROUP_PIDS}.get(controller, Layer.CGROUP_CPU)
+    return {"memory": Layer.CGROUP_MEMORY, "pids": Layer.CGROUP_PIDS}.get(
+        controller, Layer.CGROUP_CPU
+    )
 
 
 def _read_key(path: Path, key: str) -> int:

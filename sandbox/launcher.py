@@ -112,10 +112,22 @@ def _mkdirs(path: str) -> None:
 OLD = "/.oldroot"  # where the host's root stays reachable while the new one is built
 
 
-def _bind(src: str, *, writable: bool) -> None:
-    """Bind host path `src` (seen under OLD) at the same path in the new root."""
+def _bind(src: str, *, writable: bool, fds: dict[str, int]) -> None:
+    """Bind host path `src` at the same path in the new root.
+
+    For the workspace the supervisor passed a descriptor it opened safely. The
+    descriptor belongs to its mount namespace, so it cannot be bound directly;
+    the path is re-opened here without following a final symlink and must be
+    the very same directory, or setup fails.
+    """
     host = OLD + src
-    if os.path.islink(host):
+    if src in fds:
+        fd = os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        now, then = os.fstat(fd), os.fstat(fds[src])
+        if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
+            raise OSError(f"{src} was replaced after the supervisor created it; refusing")
+        host = f"/proc/self/fd/{fd}"
+    elif os.path.islink(host):  # e.g. /lib -> usr/lib on merged-/usr hosts
         _mkdirs(os.path.dirname(src))
         os.symlink(os.readlink(host), src)
         return
@@ -131,6 +143,8 @@ def _bind(src: str, *, writable: bool) -> None:
         kernel.mount(None, src, None, flags, None)
     else:
         kernel.make_readonly_recursive(src)
+    if src in fds:
+        os.close(int(host.rsplit("/", 1)[1]))
 
 
 def _tmpfs(target: str, size: int, mode: str, *, noexec: bool = False) -> None:
@@ -139,7 +153,7 @@ def _tmpfs(target: str, size: int, mode: str, *, noexec: bool = False) -> None:
     kernel.mount("tmpfs", target, "tmpfs", flags, f"size={size},mode={mode}")
 
 
-def build_root(mounts: Mounts) -> None:
+def build_root(mounts: Mounts, fds: dict[str, int]) -> None:
     """Pivot into an empty tmpfs, bring in only what the policy grants, drop the host root."""
     base = "/tmp"  # noqa: S108 - mounted over in our private namespace; the host's is untouched
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE, None)
@@ -149,7 +163,7 @@ def build_root(mounts: Mounts) -> None:
     os.chdir("/")
     for src in mounts["read_only"]:
         if os.path.lexists(OLD + src):
-            _bind(src, writable=False)
+            _bind(src, writable=False, fds=fds)
     for hidden in mounts["hide"]:
         if os.path.isdir(hidden):
             kernel.mount("tmpfs", hidden, "tmpfs", kernel.MS_RDONLY, "size=4k,mode=0000")
@@ -164,9 +178,11 @@ def build_root(mounts: Mounts) -> None:
         os.symlink(target, f"/dev/{name}")
     _tmpfs("/dev/shm", size, "1777", noexec=True)
     _mkdirs("/proc")
-    kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None)
+    kernel.mount(
+        "proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None
+    )
     for src in mounts["read_write"]:  # last, so no tmpfs above can cover them
-        _bind(src, writable=True)
+        _bind(src, writable=True, fds=fds)
     kernel.umount2(OLD, kernel.MNT_DETACH)
     os.rmdir(OLD)
     kernel.mount(None, "/", None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY, None)
@@ -209,15 +225,19 @@ def exec_script(spec: LaunchSpec) -> None:
     rules = spec["landlock"]
     if rules is not None:
         step("landlock")
+        fds = spec["fds"]
+        writable = [f"/proc/self/fd/{fds[p]}" if p in fds else p for p in rules["read_write"]]
         landlock.restrict(
-            rules["read_only"], rules["read_write"], scoped=rules["scoped"],
-            list_only=rules["list_only"],
-        )  # fmt: skip
+            rules["read_only"], writable, scoped=rules["scoped"], list_only=rules["list_only"]
+        )
     step("exec")
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    os.chdir(spec["cwd"])
+    if "mount" in spec["namespaces"]:
+        os.chdir(spec["cwd"])  # the bind of our own descriptor, inside our own root
+    else:
+        os.fchdir(spec["fds"][spec["cwd"]])
     os.execve(spec["argv"][0], spec["argv"], spec["env"])
 
 
@@ -226,7 +246,7 @@ def run_init(spec: LaunchSpec, result_w: int) -> None:
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
     if "mount" in spec["namespaces"]:
         step("mount")
-        build_root(spec["mounts"])
+        build_root(spec["mounts"], spec["fds"])
     if "uts" in spec["namespaces"]:
         step("uts")
         socket.sethostname("sandworker")
@@ -277,17 +297,31 @@ def exit_like(status: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 127)
 
 
+def _gaps(keep: set[int], start: int, end: int) -> list[tuple[int, int]]:
+    """Ranges [low, high) from start to end that skip the descriptors in `keep`."""
+    ranges, low = [], start
+    for fd in sorted(keep):
+        if fd >= low:
+            ranges.append((low, fd))
+            low = fd + 1
+    return [*ranges, (low, end)]
+
+
 def main() -> None:
     step("descriptors")
     os.set_inheritable(STATUS_FD, False)  # EOF on it must mean "exec succeeded"
     spec = read_spec()
-    os.closerange(STATUS_FD + 1, 65536)
+    keep = set(spec["fds"].values())
+    for fd in keep:
+        os.set_inheritable(fd, False)  # the script never inherits them
+    for low, high in _gaps(keep, STATUS_FD + 1, 65536):
+        os.closerange(low, high)
     step("namespaces")
     enter_namespaces(spec)
     if "pid" not in spec["namespaces"]:
         if "mount" in spec["namespaces"]:
             step("mount")
-            build_root(spec["mounts"])
+            build_root(spec["mounts"], spec["fds"])
         exec_script(spec)
     result_r, result_w = os.pipe()
     forward = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]

@@ -18,6 +18,7 @@ from .settings import SYSTEM_DIRS, SandboxSettings
 from .spec import LandlockRules, LaunchSpec
 from .workspace import RunDirs
 
+HOME_FD, CWD_FD = 5, 6  # where the runner places RunDirs.home_fd and cwd_fd in the launcher
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _NAMESPACE_LAYERS = (Layer.MOUNT, Layer.PID, Layer.IPC, Layer.UTS, Layer.NETWORK)
 _ALWAYS = (Layer.SESSION, Layer.DESCRIPTORS, Layer.ENVIRONMENT, Layer.RLIMITS, Layer.NO_NEW_PRIVS)
@@ -42,11 +43,15 @@ def wanted_layers(policy: EffectivePolicy) -> list[Layer]:
 
 def check_required(policy: EffectivePolicy, host: HostSupport) -> dict[Layer, str]:
     """Missing layers; raises Refused if the policy requires one of them."""
-    missing = {layer: host.missing[layer] for layer in wanted_layers(policy) if layer in host.missing}
+    missing = {
+        layer: host.missing[layer] for layer in wanted_layers(policy) if layer in host.missing
+    }
     refused = sorted(layer for layer in policy.require if layer in missing)
     if refused:
         reasons = "; ".join(f"{layer}: {missing[layer]}" for layer in refused)
-        raise Refused(f"policy for project {policy.project!r} requires layers this host lacks: {reasons}")
+        raise Refused(
+            f"policy for project {policy.project!r} requires layers this host lacks: {reasons}"
+        )
     return missing
 
 
@@ -80,7 +85,7 @@ def build(
     settings: SandboxSettings,
     policy: EffectivePolicy,
     host: HostSupport,
-    account: Account | None,
+    account: Account,
     dirs: RunDirs,
     argv: list[str],
     parent_env: Mapping[str, str] | None = None,
@@ -107,11 +112,16 @@ def build(
         }
     spec: LaunchSpec = {
         "argv": argv,
-        "env": environment(policy, account or _self_account(), dirs,
-                           "/tmp" if private_tmp else str(dirs.cwd),  # noqa: S108
-                           os.environ if parent_env is None else parent_env),  # fmt: skip
+        "env": environment(
+            policy,
+            account,
+            dirs,
+            "/tmp" if private_tmp else str(dirs.cwd),  # noqa: S108
+            os.environ if parent_env is None else parent_env,
+        ),  # fmt: skip
         "cwd": str(dirs.cwd),
-        "account": [account.uid, account.gid] if account and Layer.ACCOUNT in applied_set else None,
+        "fds": {str(dirs.home): HOME_FD, str(dirs.cwd): CWD_FD},
+        "account": [account.uid, account.gid] if Layer.ACCOUNT in applied_set else None,
         "userns": host.userns and not host.root,
         "namespaces": namespaces,
         "mounts": {
@@ -126,15 +136,3 @@ def build(
     debug = [f"layer {layer}: applied" for layer in applied]
     debug += [f"layer {layer}: NOT applied: {why}" for layer, why in missing.items()]
     return Plan(spec, applied, missing, debug)
-
-
-def _self_account() -> Account:
-    import pwd
-
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
-    return Account(uid, os.getgid(), name)
-

@@ -1,7 +1,8 @@
-"""Remove one directory tree; run as the tree's owner (never root) by workspace.py.
+"""Remove one run directory; run by workspace.py as the tree's owner, never as root.
 
-Usage: python -I -S remover.py DIR. Symlinks are removed, never followed;
-directories the owner made unwritable are made writable first.
+Usage: python -I -S remover.py DIRFD NAME. Deletes NAME relative to the
+directory open on DIRFD. Symlinks are removed, never followed; directories the
+owner made unwritable are made writable first.
 """
 
 import os
@@ -11,22 +12,25 @@ import sys
 
 
 def _retry(func, path, _exc):  # type: ignore[no-untyped-def]
-    parent = os.path.dirname(path)
-    st = os.lstat(parent)
-    os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    parent = os.path.dirname(path) or "."
+    os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
     if os.path.isdir(path) and not os.path.islink(path):
         os.chmod(path, stat.S_IRWXU)
     func(path)
 
 
 def main() -> int:
-    target = sys.argv[1]
-    if not os.path.lexists(target):
-        return 0
-    if os.path.islink(target) or not os.path.isdir(target):
-        print(f"{target} is not a directory; refusing", file=sys.stderr)
+    os.fchdir(int(sys.argv[1]))
+    name = sys.argv[2]
+    if "/" in name or name in (".", ".."):
+        print(f"{name!r} is not a plain name; refusing", file=sys.stderr)
         return 1
-    shutil.rmtree(target, onerror=_retry)
+    if not os.path.lexists(name):
+        return 0
+    if os.path.islink(name) or not os.path.isdir(name):
+        os.unlink(name)
+        return 0
+    shutil.rmtree(name, onerror=_retry)
     return 0
 
 

@@ -12,6 +12,7 @@ import enum
 import fcntl
 import json
 import os
+import pwd
 import select
 import selectors
 import signal
@@ -25,7 +26,7 @@ from .cgroups import ScriptGroup
 from .effective import EffectivePolicy
 from .host import HostSupport, probe
 from .layers import Layer
-from .plan import Plan, Refused, build, check_required
+from .plan import CWD_FD, HOME_FD, Plan, Refused, build, check_required
 from .settings import SandboxSettings
 from .spec import LaunchSpec
 from .syntaxes import SYNTAXES, interpreter_for
@@ -75,13 +76,18 @@ class Request:
 OutputSink = Callable[[str, bytes], None]  # (source: "stdout"/"stderr"/"debug", data)
 
 
+def _high(fd: int) -> int:
+    """Renumber a descriptor above the launcher's fixed ones (0-6), close-on-exec."""
+    if fd >= 10:
+        return fd
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 def _high_pipe() -> tuple[int, int]:
-    """A close-on-exec pipe numbered above the launcher's fixed descriptors (0-4)."""
-    ends = []
-    for fd in os.pipe():
-        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
-        os.close(fd)
-    return ends[0], ends[1]
+    read_end, write_end = os.pipe()
+    return _high(read_end), _high(write_end)
 
 
 @dataclass
@@ -180,13 +186,23 @@ def _describe(
         }.get(ended_by, str(ended_by))
         return Outcome(ended_by, exit_code, sig, f"{what}; the whole process tree was killed")
     if sig == "SIGKILL" and hits.get("memory"):
-        return Outcome(Reason.MEMORY, None, sig, f"killed: memory limit {policy.limits.memory_bytes} bytes")
+        return Outcome(
+            Reason.MEMORY, None, sig, f"killed: memory limit {policy.limits.memory_bytes} bytes"
+        )
     if sig == "SIGXCPU":
-        return Outcome(Reason.CPU, None, sig, f"killed: CPU time limit {policy.limits.cpu_seconds}s")
+        return Outcome(
+            Reason.CPU, None, sig, f"killed: CPU time limit {policy.limits.cpu_seconds}s"
+        )
     if sig == "SIGXFSZ":
-        return Outcome(Reason.FILE_SIZE, None, sig, f"killed: file size limit {policy.limits.file_size_bytes} bytes")
+        return Outcome(
+            Reason.FILE_SIZE,
+            None,
+            sig,
+            f"killed: file size limit {policy.limits.file_size_bytes} bytes",
+        )
     text = f"exited with code {exit_code}" if sig is None else f"killed by {sig}"
-    return Outcome(Reason.EXITED, exit_code, sig, text)
+    hit = ", ".join(f"{kind} {count}x" for kind, count in sorted(hits.items()) if count)
+    return Outcome(Reason.EXITED, exit_code, sig, text + (f" (limits hit: {hit})" if hit else ""))
 
 
 class Sandbox:
@@ -202,9 +218,8 @@ class Sandbox:
         """Prepare the workspace and cgroups and spawn the launcher. Raises Refused."""
         check_required(policy, self.host)  # refuse before touching anything
         self.workspaces.prepare()
-        account = self.accounts.for_project(request.project, policy.account) if self.host.root \
-            else None  # fmt: skip
-        owner = account or Account(os.getuid(), os.getgid(), "self")
+        account = self._account(request.project, policy)
+        owner = account or _self()
         files: dict[str, bytes] = {}
         if request.argv:
             if not os.path.isabs(request.argv[0]):
@@ -212,7 +227,9 @@ class Sandbox:
             argv = list(request.argv)
         else:
             try:
-                interp = interpreter_for(request.syntax, self.settings.interpreters, policy.syntaxes)
+                interp = interpreter_for(
+                    request.syntax, self.settings.interpreters, policy.syntaxes
+                )
             except ValueError as exc:
                 raise Refused(str(exc)) from None
             syntax = SYNTAXES[request.syntax]
@@ -222,7 +239,7 @@ class Sandbox:
         if not argv:
             script = str(dirs.cwd / SYNTAXES[request.syntax].filename)
             argv = SYNTAXES[request.syntax].argv(interp, script, list(request.arguments))
-        plan = build(self.settings, policy, self.host, account, dirs, argv)
+        plan = build(self.settings, policy, self.host, owner, dirs, argv)
         return self._spawn(plan, policy, owner, dirs, request.run_id)
 
     def _spawn(self, plan: Plan, policy: EffectivePolicy, account: Account, dirs: RunDirs,
@@ -235,7 +252,8 @@ class Sandbox:
         status_r, status_w = _high_pipe()
         out_r, out_w = _high_pipe()
         err_r, err_w = _high_pipe()
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        null = _high(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        home, cwd = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (dirs.home_fd, dirs.cwd_fd))
         started = time.monotonic()
         try:
             pid = os.posix_spawn(
@@ -248,17 +266,21 @@ class Sandbox:
                     (os.POSIX_SPAWN_DUP2, err_w, 2),
                     (os.POSIX_SPAWN_DUP2, spec_r, 3),
                     (os.POSIX_SPAWN_DUP2, status_w, 4),
+                    (os.POSIX_SPAWN_DUP2, home, HOME_FD),
+                    (os.POSIX_SPAWN_DUP2, cwd, CWD_FD),
                 ],
                 setsid=True,
             )
         except BaseException:
-            for fd in (spec_r, spec_w, status_r, status_w, out_r, out_w, err_r, err_w, null):
+            for fd in (spec_r, spec_w, status_r, status_w, out_r, out_w, err_r, err_w, null, home, cwd):
                 os.close(fd)
+            dirs.close()
             if group is not None:
                 group.remove()
             raise
-        for fd in (spec_r, status_w, out_w, err_w, null):
+        for fd in (spec_r, status_w, out_w, err_w, null, home, cwd):
             os.close(fd)
+        dirs.close()
         try:
             if group is not None:
                 group.place(pid)
@@ -266,6 +288,15 @@ class Sandbox:
         finally:
             os.close(spec_w)
         return Running(pid, out_r, err_r, status_r, group, plan, account, dirs, started, policy)
+
+    def cleanup(self, request: Request, policy: EffectivePolicy) -> None:
+        """Remove the run's working directory, as the project's account (never as root)."""
+        account = self._account(request.project, policy) or _self()
+        python = self.settings.launcher_python
+        self.workspaces.remove_run(request.project, request.run_id, account, python)
+
+    def _account(self, project: str, policy: EffectivePolicy) -> Account | None:
+        return self.accounts.for_project(project, policy.account) if self.host.root else None
 
     def run(self, request: Request, policy: EffectivePolicy, sink: OutputSink,
             cancel: Callable[[], bool] = lambda: False) -> Outcome:  # fmt: skip
@@ -283,6 +314,15 @@ class Sandbox:
         outcome = running.finish(raw, setup_error)
         outcome.spawn_seconds = spawn_seconds
         return outcome
+
+
+def _self() -> Account:
+    """The invoking user, for unprivileged mode (no account switch)."""
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = str(os.getuid())
+    return Account(os.getuid(), os.getgid(), name)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -38,6 +38,15 @@ class RunDirs:
     project_dir: Path
     home: Path
     cwd: Path
+    # O_PATH descriptors of home and cwd, opened without following links: the launcher binds
+    # and Landlock-allows these exact directories, never whatever a path resolves to later.
+    home_fd: int = -1
+    cwd_fd: int = -1
+
+    def close(self) -> None:
+        for fd in (self.home_fd, self.cwd_fd):
+            if fd >= 0:
+                os.close(fd)
 
 
 def _ensure_root_dir(path: Path, mode: int) -> None:
@@ -73,6 +82,13 @@ def _subdir(parent_fd: int, name: str, account: Account, where: Path, *, fresh: 
     return fd
 
 
+def _as_path_fd(fd: int) -> int:
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
 class Workspaces:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -97,15 +113,16 @@ class Workspaces:
         finally:
             os.close(projects_fd)
         try:
-            os.close(_subdir(project_fd, "home", account, pdir, fresh=False))
+            home_fd = _as_path_fd(_subdir(project_fd, "home", account, pdir, fresh=False))
             work_fd = _subdir(project_fd, "work", account, pdir, fresh=False)
             try:
                 self._fresh_run(work_fd, run_id, account, files, pdir / "work")
+                cwd_fd = os.open(run_id, _DIR | os.O_PATH, dir_fd=work_fd)
             finally:
                 os.close(work_fd)
         finally:
             os.close(project_fd)
-        return RunDirs(pdir, pdir / "home", pdir / "work" / run_id)
+        return RunDirs(pdir, pdir / "home", pdir / "work" / run_id, home_fd, cwd_fd)
 
     @staticmethod
     def _fresh_run(
@@ -115,7 +132,9 @@ class Workspaces:
         try:
             os.mkdir(run_id, 0o700, dir_fd=work_fd)
         except FileExistsError:
-            raise WorkspaceError(f"{where / run_id} already exists; run ids must be unique") from None
+            raise WorkspaceError(
+                f"{where / run_id} already exists; run ids must be unique"
+            ) from None
         run_fd = os.open(run_id, _DIR, dir_fd=work_fd)
         try:
             for name, data in files.items():
@@ -131,22 +150,50 @@ class Workspaces:
             os.close(run_fd)
 
     def remove_run(self, project: str, run_id: str, account: Account, python: str) -> None:
-        """Delete a run directory as the project's own account, never as root."""
+        """Delete a run directory as the project's own account, never as root.
+
+        The root side only opens ``projects/<project>/work`` (O_NOFOLLOW at each
+        step) and hands that descriptor to the remover, which runs as the project's
+        uid and deletes ``<run_id>`` relative to it.
+        """
         validate_project(project)
         validate_project(run_id)
-        target = self.projects / project / "work" / run_id
-        remover = str(Path(__file__).with_name("remover.py"))
+        where = self.projects / project / "work"
+        projects_fd = os.open(self.projects, _DIR)
+        try:
+            project_fd = os.open(project, _DIR, dir_fd=projects_fd)
+            try:
+                work_fd = os.open("work", _DIR, dir_fd=project_fd)
+            finally:
+                os.close(project_fd)
+        except FileNotFoundError:
+            return
+        finally:
+            os.close(projects_fd)
         as_account = os.geteuid() == 0 and account.uid != 0
-        result = subprocess.run(
-            [python, "-I", "-S", remover, str(target)],
-            user=account.uid if as_account else None,
-            group=account.gid if as_account else None,
-            extra_groups=[] if as_account else None,
-            env={},
-            cwd="/",
-            capture_output=True,
-            check=False,
-            timeout=600,
-        )
+        try:
+            result = subprocess.run(
+                [
+                    python,
+                    "-I",
+                    "-S",
+                    str(Path(__file__).with_name("remover.py")),
+                    str(work_fd),
+                    run_id,
+                ],
+                user=account.uid if as_account else None,
+                group=account.gid if as_account else None,
+                extra_groups=[] if as_account else None,
+                pass_fds=(work_fd,),
+                env={},
+                cwd="/",
+                capture_output=True,
+                check=False,
+                timeout=600,
+            )
+        finally:
+            os.close(work_fd)
         if result.returncode != 0:
-            raise WorkspaceError(f"could not remove {target}: {result.stderr.decode().strip()}")
+            raise WorkspaceError(
+                f"could not remove {where / run_id}: {result.stderr.decode().strip()}"
+            )

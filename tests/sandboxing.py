@@ -1,0 +1,150 @@
+"""Helpers for tests that run real scripts in the real sandbox (as root)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from sandworker.sandbox.effective import EffectivePolicy, Limits
+from sandworker.sandbox.runner import Outcome, Request, Sandbox
+from sandworker.sandbox.settings import SandboxSettings
+
+_ids = itertools.count()
+
+LIMITS = Limits(
+    memory_bytes=256 << 20,
+    processes=128,
+    cpu_seconds=60,
+    open_files=256,
+    file_size_bytes=16 << 20,
+    output_bytes=1 << 20,
+    tmp_bytes=32 << 20,
+    cpu_percent=100,
+)
+
+
+def make_policy(project: str, **changes: object) -> EffectivePolicy:
+    """A strict-ish effective policy; `limits=dict(...)` overrides single limits."""
+    limits = changes.pop("limits", {})
+    base = EffectivePolicy(
+        project=project,
+        account="dynamic",
+        syntaxes=("bash", "sh", "python"),
+        timeout_seconds=60,
+        kill_grace_seconds=1,
+        limits=dataclasses.replace(LIMITS, **limits),  # type: ignore[arg-type]
+        network="none",
+        read_only_paths=(),
+        read_write_paths=(),
+        environment_pass=(),
+        environment_set={},
+        concurrency=4,
+        require=frozenset(),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    stdout: str = ""
+    stderr: str = ""
+    debug: str = ""
+    run_id: str = ""
+    chunks: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def new_sandbox(tmp_path: Path) -> Sandbox:
+    state = tmp_path / "state"
+    return Sandbox(SandboxSettings(state_dir=state))
+
+
+def run(
+    sandbox: Sandbox,
+    project: str,
+    body: str,
+    *,
+    syntax: str = "bash",
+    policy: EffectivePolicy | None = None,
+    cancel: threading.Event | None = None,
+    args: tuple[str, ...] = (),
+) -> Result:
+    """Run `body` to the end as `project`; collect output by source."""
+    run_id = f"t{os.getpid()}-{next(_ids)}"
+    chunks: list[tuple[str, bytes]] = []
+    outcome = sandbox.run(
+        Request(project, run_id, syntax, body, args),
+        policy or make_policy(project),
+        lambda source, data: chunks.append((source, data)),
+        cancel=(cancel.is_set if cancel else lambda: False),
+    )
+
+    def text(source: str) -> str:
+        return b"".join(d for s, d in chunks if s == source).decode(errors="replace")
+
+    return Result(outcome, text("stdout"), text("stderr"), text("debug"), run_id, chunks)
+
+
+@contextmanager
+def running(
+    sandbox: Sandbox, project: str, body: str, *, ready: str = "READY",
+    policy: EffectivePolicy | None = None,
+) -> Iterator[Result]:  # fmt: skip
+    """Start `body` in the background; yield once it printed `ready`; cancel it on exit."""
+    stop = threading.Event()
+    seen = threading.Event()
+    box: dict[str, Result] = {}
+    chunks: list[tuple[str, bytes]] = []
+    run_id = f"bg{os.getpid()}-{next(_ids)}"
+
+    def sink(source: str, data: bytes) -> None:
+        chunks.append((source, data))
+        if ready.encode() in b"".join(d for s, d in chunks if s == "stdout"):
+            seen.set()
+
+    def target() -> None:
+        box["result"] = Result(
+            sandbox.run(
+                Request(project, run_id, "bash", body),
+                policy or make_policy(project),
+                sink,
+                cancel=stop.is_set,
+            ),
+            run_id=run_id,
+        )
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        if not seen.wait(30):
+            raise AssertionError(f"background script never printed {ready!r}: {chunks}")
+        partial = Result(outcome=None, run_id=run_id, chunks=chunks)  # type: ignore[arg-type]
+        partial.stdout = b"".join(d for s, d in chunks if s == "stdout").decode()
+        yield partial
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), "background script did not stop after cancel"
+
+
+def processes_of_uid(uid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"] and proc.info["uids"].real == uid:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def project_uid(sandbox: Sandbox, project: str) -> int:
+    return sandbox.accounts.for_project(project, "dynamic").uid
