@@ -20,9 +20,12 @@ apt:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "note: missing apt packages:$$missing (run as root to install)"; fi; fi
 
-# Until the daemon exists, `make run` tries the sandbox on a sample script.
+# Until the daemon exists, `make run` tries the sandbox on a sample script, with the shipped
+# default policy and a development state directory inside the checkout (ignored by git).
 run: $(STAMP)
-	$(VENV)/bin/sandworker sandbox run --project demo --policy-dir policies/dev -- /bin/sh -c 'id; echo "hello from $$PWD"; ls /'
+	$(VENV)/bin/sandworker doctor --policy-dir policies/default.toml || true
+	$(VENV)/bin/sandworker sandbox run --project demo --policy-dir policies/default.toml \
+	  --state-dir $(CURDIR)/dev-home/state -v bench/sample-script.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -37,10 +40,13 @@ typecheck: $(STAMP)
 
 schema: $(STAMP)
 	$(VENV)/bin/sandworker policy schema > policies/schema/policy.v1.json
+	$(VENV)/bin/sandworker policy docs > policies/REFERENCE.md
 
 check-schema: $(STAMP)
 	$(VENV)/bin/sandworker policy schema | diff -u policies/schema/policy.v1.json - \
 	  || { echo "policies/schema/policy.v1.json is stale: run 'make schema' and commit it" >&2; exit 1; }
+	$(VENV)/bin/sandworker policy docs | diff -u policies/REFERENCE.md - \
+	  || { echo "policies/REFERENCE.md is stale: run 'make schema' and commit it" >&2; exit 1; }
 
 test: $(STAMP) apt lint typecheck check-schema
 	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)

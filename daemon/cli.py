@@ -97,12 +97,16 @@ def _run_id() -> str:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     host = probe()
-    print(f"sandworker {__version__} doctor: running as {'root' if host.root else 'non-root'}"
-          f", Landlock ABI {host.landlock_abi}")  # fmt: skip
+    print(
+        f"sandworker {__version__} doctor: running as {'root' if host.root else 'non-root'}"
+        f", Landlock ABI {host.landlock_abi}"
+    )
     for layer in Layer:
         why = host.missing.get(layer)
         state = "ok" if why is None else "MISSING"
-        print(f"  {layer:<15} {state:<8} {DESCRIPTIONS[layer]}" + ("" if why is None else f": {why}"))
+        print(
+            f"  {layer:<15} {state:<8} {DESCRIPTIONS[layer]}" + ("" if why is None else f": {why}")
+        )
     for name, path in sorted(_settings(args).interpreters.items()):
         found = "ok" if os.access(path, os.X_OK) else "MISSING"
         print(f"  syntax {name:<8} {found:<8} {path}")
@@ -114,8 +118,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     required = policies.required_layers()
     lacking = sorted(layer for layer in required if layer in host.missing)
     if lacking:
-        print(f"policy requires layers this host lacks: {', '.join(lacking)};"
-              " those projects' scripts will be refused", file=sys.stderr)  # fmt: skip
+        print(
+            f"policy requires layers this host lacks: {', '.join(lacking)};"
+            " those projects' scripts will be refused",
+            file=sys.stderr,
+        )
         return 1
     print(f"policy: every required layer ({len(required)}) is available")
     return 0
@@ -127,12 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command_name", required=True)
 
     def host_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--policy-dir", action="append", metavar="PATH",
-                       help=f"policy directory or file (repeatable; default {DEFAULT_POLICY_DIR})")
-        p.add_argument("--state-dir", default=str(default_state_dir()),
-                       help="where workspaces and the account map live (default %(default)s)")
-        p.add_argument("--interpreter", action="append", metavar="SYNTAX=PATH",
-                       help="absolute interpreter path for a syntax (repeatable)")  # fmt: skip
+        p.add_argument(
+            "--policy-dir",
+            action="append",
+            metavar="PATH",
+            help=f"policy directory or file (repeatable; default {DEFAULT_POLICY_DIR})",
+        )
+        p.add_argument(
+            "--state-dir",
+            default=str(default_state_dir()),
+            help="where workspaces and the account map live (default %(default)s)",
+        )
+        p.add_argument(
+            "--interpreter",
+            action="append",
+            metavar="SYNTAX=PATH",
+            help="absolute interpreter path for a syntax (repeatable)",
+        )
 
     doctor = sub.add_parser("doctor", help="report which isolation layers this host supports")
     host_options(doctor)

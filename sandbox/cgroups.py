@@ -10,6 +10,7 @@ membership tracking and the atomic ``cgroup.kill``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -69,12 +70,10 @@ class Hierarchy:
         unified = groups.get(V2)
         if unified is not None and os.access(unified, os.W_OK):
             found.v2 = unified
-            try:
+            with contextlib.suppress(OSError):
                 found.v2_controllers = frozenset(
                     (unified / "cgroup.controllers").read_text().split()
                 )
-            except OSError:
-                pass
         for name in ("memory", "pids", "cpu"):
             path = groups.get(name)
             if path is not None and name not in found.v2_controllers and os.access(path, os.W_OK):
@@ -151,25 +150,21 @@ class ScriptGroup:
             (self.dirs["cpu"] / "cpu.cfs_period_us").write_text("100000")
             (self.dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(limits.cpu_percent * 1000))
 
-    def place(self, pid: int) -> None:
-        for d in self.dirs.values():
-            (d / "cgroup.procs").write_text(str(pid))
+    def procs_files(self) -> list[str]:
+        """The files a process writes its pid into to join every group of the run."""
+        return [str(d / "cgroup.procs") for d in self.dirs.values()]
 
     def pids(self) -> set[int]:
         found: set[int] = set()
         for d in self.dirs.values():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
-            except FileNotFoundError:
-                pass
         return found
 
     def signal_all(self, sig: int) -> None:
         for pid in self.pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def kill(self, deadline: float = 5.0) -> bool:
         """Kill every process in the groups; True when they are all gone."""

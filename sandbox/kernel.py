@@ -79,7 +79,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 
 class _MountAttr(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes layout
+    _fields_ = [
         ("attr_set", ctypes.c_uint64),
         ("attr_clr", ctypes.c_uint64),
         ("propagation", ctypes.c_uint64),
@@ -103,18 +103,21 @@ def make_readonly_recursive(target: str) -> None:
 
 def prctl(option: int, arg2: int = 0) -> int:
     rc = _libc.prctl(
-        ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0),
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg2),
         ctypes.c_ulong(0),
-    )  # fmt: skip
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
     return _check(rc, f"prctl({option})")
 
 
 class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]  # noqa: RUF012
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("effective", ctypes.c_uint32),
         ("permitted", ctypes.c_uint32),
         ("inheritable", ctypes.c_uint32),

@@ -1,34 +1,36 @@
-"""The launcher: a fresh single-threaded helper that confines itself, then execs.
+"""The launcher: a single-threaded helper that confines a fresh process, then execs.
 
-The supervisor starts ``<python> -I -S <this file>`` with posix_spawn in a new
-session, with descriptor 3 carrying the spawn specification (JSON, see
-``plan.LaunchSpec``) and descriptor 4 a close-on-exec status pipe. It puts this
-process into the script's cgroups before it writes the specification, so every
-descendant is accounted for from the start.
+The supervisor is multi-threaded, so it never forks itself to set up a script.
+It starts ``<python> -I -S <this file>`` once (absolute interpreter, isolated
+mode, no site-packages) as a *zygote* (see the bottom of this file), which
+forks one child per script. Each child gets its descriptors in place (0 null,
+1 and 2 the output pipes, 4 a close-on-exec status pipe, 5 and 6 the
+workspace directories), then applies, in this order (layers.py names them):
 
-Order (each step is a layer, see layers.py):
-
-1. read the specification; close every other descriptor (descriptors);
-2. unshare mount, pid, ipc, uts and (network = none) net namespaces
-   (as non-root: a user namespace first, mapping only our own uid);
-3. fork: the child is pid 1 of the new pid namespace (``init``). It builds a
-   new root on a tmpfs (read-only system directories, private /tmp, /dev/shm,
-   /dev and /proc, the project workspace read-write, nothing else), pivots
-   into it, sets the hostname and brings up loopback;
+1. session and descriptors: a new session (no controlling terminal), every
+   other descriptor closed; then it joins the run's cgroups, so every
+   descendant is accounted for from the start;
+2. namespaces: mount, pid, ipc, uts and (network = none) net; as non-root a
+   user namespace first, mapping only our own uid;
+3. fork: the child is pid 1 of the new pid namespace (``init``). It pivots
+   into a new root on a tmpfs holding only read-only system directories,
+   private /tmp, /dev/shm, /dev and /proc and the run's own workspace, sets
+   the hostname and brings up loopback;
 4. init forks the script process, then keeps only CAP_KILL, sets
    no_new_privs, locks itself out of every file with Landlock and waits. When
    the script's main process ends, init exits and the kernel kills whatever
    is left in the namespace;
-5. the script process sets rlimits, clears supplementary groups, sets and
-   verifies its gid and uid, sets no_new_privs, applies Landlock (filesystem
-   rules plus signal and abstract-socket scopes), resets signal dispositions,
-   changes into its working directory and execs the interpreter by absolute
-   path with the clean environment.
+5. the script process sets rlimits, empties the capability bounding set,
+   clears supplementary groups, sets and verifies its gid and uid, sets
+   no_new_privs, applies Landlock (filesystem rules plus signal and
+   abstract-socket scopes), resets signal dispositions, changes into its
+   working directory and execs the interpreter by absolute path with the
+   clean environment.
 
 A failure anywhere before exec writes one JSON line ``{"layer", "error"}`` to
 descriptor 4 and exits 127. EOF on descriptor 4 without a line means exec
-succeeded. The outer launcher exits the way the script did (same code, or
-killed by the same signal), so the supervisor sees the script's own status.
+succeeded. The child exits the way the script did (same code, or killed by
+the same signal), and the zygote reports that raw status to the supervisor.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import fcntl
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -47,11 +50,11 @@ if __package__:
     from .spec import LaunchSpec, Mounts
 else:  # run by path with -I -S: no site-packages, so load the siblings directly
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import kernel  # type: ignore[no-redef]
-    import landlock  # type: ignore[no-redef]
-    from spec import LaunchSpec, Mounts  # type: ignore[no-redef]
+    import kernel  # type: ignore[no-redef,import-not-found]
+    import landlock  # type: ignore[no-redef,import-not-found]
+    from spec import LaunchSpec, Mounts  # type: ignore[no-redef,import-not-found]
 
-SPEC_FD, STATUS_FD = 3, 4
+STATUS_FD = 4
 CAP_KILL = 5
 _layer = "launcher"
 
@@ -67,15 +70,6 @@ def fail(message: str) -> None:
 def step(name: str) -> None:
     global _layer  # noqa: PLW0603 - one process, one current step, used by fail()
     _layer = name
-
-
-def read_spec() -> LaunchSpec:
-    chunks = []
-    while chunk := os.read(SPEC_FD, 65536):
-        chunks.append(chunk)
-    os.close(SPEC_FD)
-    spec: LaunchSpec = json.loads(b"".join(chunks))
-    return spec
 
 
 def enter_namespaces(spec: LaunchSpec) -> None:
@@ -173,10 +167,14 @@ def build_root(mounts: Mounts, fds: dict[str, int]) -> None:
     for dev in ("null", "zero", "full", "random", "urandom"):
         os.close(os.open(f"/dev/{dev}", os.O_CREAT | os.O_WRONLY, 0o666))
         kernel.mount(f"{OLD}/dev/{dev}", f"/dev/{dev}", None, kernel.MS_BIND, None)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, f"/dev/{name}")
-    _tmpfs("/dev/shm", size, "1777", noexec=True)
+    _tmpfs("/dev/shm", size, "1777", noexec=True)  # noqa: S108 - private
     _mkdirs("/proc")
     kernel.mount(
         "proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None
@@ -259,7 +257,7 @@ def run_init(spec: LaunchSpec, result_w: int) -> None:
     if child == 0:
         try:
             exec_script(spec)
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the supervisor
+        except BaseException as exc:
             fail(f"{type(exc).__name__}: {exc}")
         os._exit(127)
     os.close(STATUS_FD)
@@ -297,25 +295,12 @@ def exit_like(status: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 127)
 
 
-def _gaps(keep: set[int], start: int, end: int) -> list[tuple[int, int]]:
-    """Ranges [low, high) from start to end that skip the descriptors in `keep`."""
-    ranges, low = [], start
-    for fd in sorted(keep):
-        if fd >= low:
-            ranges.append((low, fd))
-            low = fd + 1
-    return [*ranges, (low, end)]
-
-
-def main() -> None:
-    step("descriptors")
-    os.set_inheritable(STATUS_FD, False)  # EOF on it must mean "exec succeeded"
-    spec = read_spec()
-    keep = set(spec["fds"].values())
-    for fd in keep:
-        os.set_inheritable(fd, False)  # the script never inherits them
-    for low, high in _gaps(keep, STATUS_FD + 1, 65536):
-        os.closerange(low, high)
+def launch(spec: LaunchSpec) -> None:
+    """In a fresh child of the zygote, descriptors 0-6 in place: confine, then exec."""
+    step("cgroups")
+    for procs in spec["cgroups"]:  # join the run's cgroups before anything else happens
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
     step("namespaces")
     enter_namespaces(spec)
     if "pid" not in spec["namespaces"]:
@@ -331,7 +316,7 @@ def main() -> None:
         os.close(result_r)
         try:
             run_init(spec, result_w)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             fail(f"{type(exc).__name__}: {exc}")
         os._exit(127)
     os.close(result_w)
@@ -348,8 +333,88 @@ def main() -> None:
     exit_like(struct.unpack("i", data)[0] if len(data) == 4 else init_status)
 
 
-if __name__ == "__main__":
+# The zygote ---------------------------------------------------------------------------------
+# Starting a Python interpreter costs ~15 ms here, bwrap ~3 ms. So the supervisor starts this
+# file once as a zygote: a single-threaded root process that has already imported everything
+# and forks one child per script. Protocol on the SOCK_SEQPACKET socket at descriptor 3:
+#   supervisor -> zygote: JSON LaunchSpec, with SCM_RIGHTS [stdin, stdout, stderr, status,
+#                         home, cwd] (they become descriptors 0, 1, 2, 4, 5, 6 in the child)
+#   zygote -> supervisor: {"spawned": pid} | {"exit": pid, "status": raw wait status}
+# EOF from the supervisor (it died or closed us) kills every child and ends the zygote.
+
+SOCKET_FD = 3
+TARGET_FDS = (0, 1, 2, STATUS_FD, 5, 6)
+MAX_MESSAGE = 1 << 20
+
+
+def _child(spec: LaunchSpec, fds: list[int], sock: socket.socket) -> None:
     try:
-        main()
-    except BaseException as exc:  # noqa: BLE001
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        sock.close()
+        os.setsid()
+        for src, dst in zip(fds, TARGET_FDS, strict=True):
+            os.dup2(src, dst, inheritable=dst <= 2)
+        for low, high in ((STATUS_FD + 1, 5), (7, 65536)):
+            os.closerange(low, high)
+        os.closerange(3, STATUS_FD)
+        launch(spec)
+    except BaseException as exc:
         fail(f"{type(exc).__name__}: {exc}")
+    os._exit(127)
+
+
+def serve() -> None:
+    sock = socket.socket(fileno=SOCKET_FD)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: set[int] = set()
+    while True:
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        if wake_r in ready:
+            while True:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    break
+            _reap(sock, children)
+        if sock.fileno() in ready:
+            data, ancdata, _flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * 8))
+            if not data:
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)
+                os._exit(0)
+            fds = _received_fds(ancdata)
+            pid = os.fork()
+            if pid == 0:
+                _child(json.loads(data), fds, sock)
+            for fd in fds:
+                os.close(fd)
+            children.add(pid)
+            sock.send(json.dumps({"spawned": pid}).encode())
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+    return fds
+
+
+def _reap(sock: socket.socket, children: set[int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        sock.send(json.dumps({"exit": pid, "status": status}).encode())
+
+
+if __name__ == "__main__":
+    serve()

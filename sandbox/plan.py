@@ -18,7 +18,7 @@ from .settings import SYSTEM_DIRS, SandboxSettings
 from .spec import LandlockRules, LaunchSpec
 from .workspace import RunDirs
 
-HOME_FD, CWD_FD = 5, 6  # where the runner places RunDirs.home_fd and cwd_fd in the launcher
+HOME_FD, CWD_FD = 5, 6  # where RunDirs.home_fd and cwd_fd land in the launcher
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _NAMESPACE_LAYERS = (Layer.MOUNT, Layer.PID, Layer.IPC, Layer.UTS, Layer.NETWORK)
 _ALWAYS = (Layer.SESSION, Layer.DESCRIPTORS, Layer.ENVIRONMENT, Layer.RLIMITS, Layer.NO_NEW_PRIVS)
@@ -55,13 +55,15 @@ def check_required(policy: EffectivePolicy, host: HostSupport) -> dict[Layer, st
     return missing
 
 
-def environment(policy: EffectivePolicy, account: Account, dirs: RunDirs, tmp: str,
-                parent: Mapping[str, str]) -> dict[str, str]:  # fmt: skip
+def environment(
+    policy: EffectivePolicy, account: Account, dirs: RunDirs, tmp: str, parent: Mapping[str, str]
+) -> dict[str, str]:
     env = {name: parent[name] for name in policy.environment_pass if name in parent}
     env.update(policy.environment_set)
     env.setdefault("LANG", "C.UTF-8")
-    env.update(PATH=SAFE_PATH, HOME=str(dirs.home), TMPDIR=tmp, USER=account.name,
-               LOGNAME=account.name)  # fmt: skip
+    env.update(
+        PATH=SAFE_PATH, HOME=str(dirs.home), TMPDIR=tmp, USER=account.name, LOGNAME=account.name
+    )
     return env
 
 
@@ -85,6 +87,7 @@ def build(
     settings: SandboxSettings,
     policy: EffectivePolicy,
     host: HostSupport,
+    *,
     account: Account,
     dirs: RunDirs,
     argv: list[str],
@@ -118,8 +121,9 @@ def build(
             dirs,
             "/tmp" if private_tmp else str(dirs.cwd),  # noqa: S108
             os.environ if parent_env is None else parent_env,
-        ),  # fmt: skip
+        ),
         "cwd": str(dirs.cwd),
+        "cgroups": [],  # filled in by the runner once the groups exist
         "fds": {str(dirs.home): HOME_FD, str(dirs.cwd): CWD_FD},
         "account": [account.uid, account.gid] if Layer.ACCOUNT in applied_set else None,
         "userns": host.userns and not host.root,

@@ -8,8 +8,8 @@ descriptors the caller reads; `run()` is the blocking loop used by
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import fcntl
 import json
 import os
 import pwd
@@ -19,20 +19,18 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .accounts import Account, Accounts
 from .cgroups import ScriptGroup
 from .effective import EffectivePolicy
 from .host import HostSupport, probe
 from .layers import Layer
-from .plan import CWD_FD, HOME_FD, Plan, Refused, build, check_required
+from .plan import Plan, Refused, build, check_required
 from .settings import SandboxSettings
-from .spec import LaunchSpec
 from .syntaxes import SYNTAXES, interpreter_for
 from .workspace import RunDirs, Workspaces
+from .zygote import Zygote
 
-LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 SETUP_DEADLINE = 30.0
 
 
@@ -76,23 +74,10 @@ class Request:
 OutputSink = Callable[[str, bytes], None]  # (source: "stdout"/"stderr"/"debug", data)
 
 
-def _high(fd: int) -> int:
-    """Renumber a descriptor above the launcher's fixed ones (0-6), close-on-exec."""
-    if fd >= 10:
-        return fd
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-    os.close(fd)
-    return high
-
-
-def _high_pipe() -> tuple[int, int]:
-    read_end, write_end = os.pipe()
-    return _high(read_end), _high(write_end)
-
-
 @dataclass
 class Running:
     pid: int
+    pidfd: int  # signals go through it: immune to pid reuse
     stdout: int
     stderr: int
     status: int
@@ -130,11 +115,7 @@ class Running:
     def terminate(self, reason: Reason) -> None:
         """Ask the whole tree to stop (TERM); `kill()` follows after the grace period."""
         self.ended_by = self.ended_by or reason
-        for target in (self.pid,):
-            try:
-                os.kill(target, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        self._signal(signal.SIGTERM)  # the launcher forwards it to init, init to everyone
         if self.group is not None and Layer.PID not in self.plan.applied:
             self.group.signal_all(signal.SIGTERM)
 
@@ -142,12 +123,13 @@ class Running:
         """Kill every process of the run, now."""
         if reason is not None:
             self.ended_by = self.ended_by or reason
-        try:
-            os.kill(self.pid, signal.SIGKILL)  # its init then dies of PDEATHSIG: the pid ns ends
-        except ProcessLookupError:
-            pass
+        self._signal(signal.SIGKILL)  # its init then dies of PDEATHSIG: the pid namespace ends
         if self.group is not None:
             self.group.kill()
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, sig)
 
     def finish(self, raw_status: int, setup_error: str | None) -> Outcome:
         """Make sure nothing is left, remove the cgroups, and describe the ending."""
@@ -157,11 +139,9 @@ class Running:
             if not self.group.kill():
                 self.plan.debug.append("processes survived cgroup kill; see the host log")
             self.group.remove()
-        for fd in (self.stdout, self.stderr):
-            try:
+        for fd in (self.stdout, self.stderr, self.pidfd):
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         duration = time.monotonic() - self.started
         outcome = _describe(raw_status, setup_error, self.ended_by, hits, self.policy)
         outcome.duration_seconds = duration
@@ -170,9 +150,12 @@ class Running:
 
 
 def _describe(
-    raw: int, setup_error: str | None, ended_by: Reason | None, hits: dict[str, int],
+    raw: int,
+    setup_error: str | None,
+    ended_by: Reason | None,
+    hits: dict[str, int],
     policy: EffectivePolicy,
-) -> Outcome:  # fmt: skip
+) -> Outcome:
     code = os.waitstatus_to_exitcode(raw)
     sig = signal.Signals(-code).name if code < 0 else None
     exit_code = None if code < 0 else code
@@ -213,6 +196,7 @@ class Sandbox:
         self.host = host or probe()
         self.accounts = Accounts(settings.state_dir, settings.uid_range)
         self.workspaces = Workspaces(settings.state_dir)
+        self.zygote = Zygote.shared(settings.launcher_python)
 
     def start(self, request: Request, policy: EffectivePolicy) -> Running:
         """Prepare the workspace and cgroups and spawn the launcher. Raises Refused."""
@@ -239,55 +223,39 @@ class Sandbox:
         if not argv:
             script = str(dirs.cwd / SYNTAXES[request.syntax].filename)
             argv = SYNTAXES[request.syntax].argv(interp, script, list(request.arguments))
-        plan = build(self.settings, policy, self.host, owner, dirs, argv)
+        plan = build(self.settings, policy, self.host, account=owner, dirs=dirs, argv=argv)
         return self._spawn(plan, policy, owner, dirs, request.run_id)
 
-    def _spawn(self, plan: Plan, policy: EffectivePolicy, account: Account, dirs: RunDirs,
-               run_id: str) -> Running:  # fmt: skip
+    def _spawn(
+        self, plan: Plan, policy: EffectivePolicy, account: Account, dirs: RunDirs, run_id: str
+    ) -> Running:
         wanted = set(plan.applied)
         group = None
         if wanted & {Layer.CGROUP_MEMORY, Layer.CGROUP_PIDS, Layer.CGROUP_CPU, Layer.CGROUP_KILL}:
             group = ScriptGroup.create(self.host.hierarchy, run_id, policy.limits, wanted)
-        spec_r, spec_w = _high_pipe()
-        status_r, status_w = _high_pipe()
-        out_r, out_w = _high_pipe()
-        err_r, err_w = _high_pipe()
-        null = _high(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-        home, cwd = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (dirs.home_fd, dirs.cwd_fd))
+        plan.spec["cgroups"] = group.procs_files() if group is not None else []
+        status_r, status_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        theirs = [null, out_w, err_w, status_w, dirs.home_fd, dirs.cwd_fd]
         started = time.monotonic()
         try:
-            pid = os.posix_spawn(
-                self.settings.launcher_python,
-                [self.settings.launcher_python, "-I", "-S", LAUNCHER],
-                {},
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, null, 0),
-                    (os.POSIX_SPAWN_DUP2, out_w, 1),
-                    (os.POSIX_SPAWN_DUP2, err_w, 2),
-                    (os.POSIX_SPAWN_DUP2, spec_r, 3),
-                    (os.POSIX_SPAWN_DUP2, status_w, 4),
-                    (os.POSIX_SPAWN_DUP2, home, HOME_FD),
-                    (os.POSIX_SPAWN_DUP2, cwd, CWD_FD),
-                ],
-                setsid=True,
-            )
+            pid = self.zygote.spawn(plan.spec, theirs)
+            pidfd = os.pidfd_open(pid)
         except BaseException:
-            for fd in (spec_r, spec_w, status_r, status_w, out_r, out_w, err_r, err_w, null, home, cwd):
+            for fd in (status_r, out_r, err_r):
                 os.close(fd)
-            dirs.close()
             if group is not None:
                 group.remove()
             raise
-        for fd in (spec_r, status_w, out_w, err_w, null, home, cwd):
-            os.close(fd)
-        dirs.close()
-        try:
-            if group is not None:
-                group.place(pid)
-            _write_all(spec_w, json.dumps(plan.spec).encode())
         finally:
-            os.close(spec_w)
-        return Running(pid, out_r, err_r, status_r, group, plan, account, dirs, started, policy)
+            for fd in (null, out_w, err_w, status_w):
+                os.close(fd)
+            dirs.close()
+        return Running(
+            pid, pidfd, out_r, err_r, status_r, group, plan, account, dirs, started, policy
+        )
 
     def cleanup(self, request: Request, policy: EffectivePolicy) -> None:
         """Remove the run's working directory, as the project's account (never as root)."""
@@ -298,8 +266,13 @@ class Sandbox:
     def _account(self, project: str, policy: EffectivePolicy) -> Account | None:
         return self.accounts.for_project(project, policy.account) if self.host.root else None
 
-    def run(self, request: Request, policy: EffectivePolicy, sink: OutputSink,
-            cancel: Callable[[], bool] = lambda: False) -> Outcome:  # fmt: skip
+    def run(
+        self,
+        request: Request,
+        policy: EffectivePolicy,
+        sink: OutputSink,
+        cancel: Callable[[], bool] = lambda: False,
+    ) -> Outcome:
         """Run one script to the end in the foreground, streaming its output to `sink`."""
         try:
             running = self.start(request, policy)
@@ -310,7 +283,11 @@ class Sandbox:
             sink("debug", f"{line}\n".encode())
         setup_error = running.setup_error()
         spawn_seconds = time.monotonic() - running.started
-        raw = _supervise(running, sink, cancel) if setup_error is None else _reap(running.pid)
+        raw = (
+            _supervise(running, sink, cancel, self.zygote)
+            if setup_error is None
+            else self.zygote.status(running.pid)
+        )
         outcome = running.finish(raw, setup_error)
         outcome.spawn_seconds = spawn_seconds
         return outcome
@@ -331,21 +308,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _reap(pid: int) -> int:
-    return os.waitpid(pid, 0)[1]
-
-
-def _supervise(running: Running, sink: OutputSink, cancel: Callable[[], bool]) -> int:
+def _supervise(
+    running: Running, sink: OutputSink, cancel: Callable[[], bool], zygote: Zygote
+) -> int:
     """Pump output, enforce timeout, output limit and cancel; return the raw wait status."""
     policy = running.policy
     deadline = running.started + policy.timeout_seconds
     kill_at: float | None = None
     printed = 0
-    pidfd = os.pidfd_open(running.pid)
     sel = selectors.DefaultSelector()
     sel.register(running.stdout, selectors.EVENT_READ, "stdout")
     sel.register(running.stderr, selectors.EVENT_READ, "stderr")
-    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    sel.register(running.pidfd, selectors.EVENT_READ, "exit")
     raw: int | None = None
     drain_until: float | None = None
     try:
@@ -365,8 +339,8 @@ def _supervise(running: Running, sink: OutputSink, cancel: Callable[[], bool]) -
                     kill_at = now + 1.0
             for key, _ in sel.select(timeout=0.05):
                 if key.data == "exit":
-                    raw = os.waitpid(running.pid, 0)[1]
-                    sel.unregister(pidfd)
+                    raw = zygote.status(running.pid)
+                    sel.unregister(running.pidfd)
                     if running.group is not None:
                         running.group.kill()  # the launcher is gone: nothing else may stay
                     drain_until = time.monotonic() + 2.0
@@ -382,6 +356,5 @@ def _supervise(running: Running, sink: OutputSink, cancel: Callable[[], bool]) -
                     running.kill(Reason.OUTPUT)
     finally:
         sel.close()
-        os.close(pidfd)
     assert raw is not None
     return raw

@@ -17,6 +17,7 @@ done by a helper running as the project's own account (remover.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -50,10 +51,8 @@ class RunDirs:
 
 
 def _ensure_root_dir(path: Path, mode: int) -> None:
-    try:
+    with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
-    except FileExistsError:
-        pass
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise WorkspaceError(f"{path} must be a directory owned by uid {os.geteuid()}")

@@ -95,9 +95,13 @@ def run(
 
 @contextmanager
 def running(
-    sandbox: Sandbox, project: str, body: str, *, ready: str = "READY",
+    sandbox: Sandbox,
+    project: str,
+    body: str,
+    *,
+    ready: str = "READY",
     policy: EffectivePolicy | None = None,
-) -> Iterator[Result]:  # fmt: skip
+) -> Iterator[Result]:
     """Start `body` in the background; yield once it printed `ready`; cancel it on exit."""
     stop = threading.Event()
     seen = threading.Event()

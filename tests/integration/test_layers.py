@@ -15,7 +15,6 @@ import pytest
 
 from sandworker.sandbox.cgroups import PREFIX, own_groups
 from sandworker.sandbox.layers import Layer
-from sandworker.sandbox.plan import Refused
 from sandworker.sandbox.runner import Reason, Request, Sandbox
 from sandworker.sandbox.workspace import WorkspaceError
 from tests.sandboxing import make_policy, new_sandbox, processes_of_uid, project_uid, run, running
@@ -76,8 +75,19 @@ def test_mount_view_holds_only_system_dirs_and_own_workspace(sandbox: Sandbox) -
     state = str(sandbox.settings.state_dir)
     workspace_mounts = [m for m in mounts if m.startswith(state)]
     assert workspace_mounts and all("/projects/blue/" in m for m in workspace_mounts)
-    assert set(listing.split()) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32",
-                                    "proc", "sbin", "tmp", "usr"}  # fmt: skip
+    assert set(listing.split()) <= {
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "proc",
+        "sbin",
+        "tmp",
+        "usr",
+    }
 
 
 def test_pid_namespace_shows_only_the_scripts_processes(sandbox: Sandbox) -> None:
@@ -99,8 +109,9 @@ def test_namespaces_differ_from_the_supervisors(sandbox: Sandbox) -> None:
 
 
 def test_network_host_keeps_the_host_network_namespace(sandbox: Sandbox) -> None:
-    result = run(sandbox, "blue", "readlink /proc/self/ns/net",
-                 policy=make_policy("blue", network="host"))  # fmt: skip
+    result = run(
+        sandbox, "blue", "readlink /proc/self/ns/net", policy=make_policy("blue", network="host")
+    )
     assert result.stdout.strip() == os.readlink("/proc/self/ns/net")
     assert "layer network" not in result.debug
 
@@ -151,7 +162,9 @@ def test_landlock_alone_blocks_writes_outside_the_workspace(open_sandbox: Sandbo
     sandbox.host = dataclasses.replace(sandbox.host, missing={Layer.MOUNT: "disabled by test"})
     marker = Path("/var/tmp") / f"sandworker-landlock-{os.getpid()}"
     try:
-        result = run(sandbox, "blue", f"touch {marker} && exit 77; echo blocked; touch ok && echo own-ok")
+        result = run(
+            sandbox, "blue", f"touch {marker} && exit 77; echo blocked; touch ok && echo own-ok"
+        )
         assert result.outcome.exit_code == 0, result
         assert "blocked" in result.stdout and "own-ok" in result.stdout
         assert not marker.exists()
@@ -171,7 +184,9 @@ def test_landlock_signal_scope_blocks_same_uid_processes_outside(sandbox: Sandbo
         assert any(p.pid == victim for p in processes_of_uid(uid))
 
 
-def test_required_layer_missing_refuses_before_anything_runs(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_required_layer_missing_refuses_before_anything_runs(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
     sandbox.host = dataclasses.replace(sandbox.host, missing={Layer.LANDLOCK: "not in this kernel"})
     policy = make_policy("blue", require=frozenset({Layer.LANDLOCK}))
     result = run(sandbox, "blue", "touch /tmp/ran", policy=policy)
@@ -181,25 +196,33 @@ def test_required_layer_missing_refuses_before_anything_runs(sandbox: Sandbox, t
 
 
 def test_missing_optional_layer_is_reported_not_hidden(sandbox: Sandbox) -> None:
-    sandbox.host = dataclasses.replace(sandbox.host, missing={Layer.CGROUP_CPU: "no cpu controller"})
+    sandbox.host = dataclasses.replace(
+        sandbox.host, missing={Layer.CGROUP_CPU: "no cpu controller"}
+    )
     result = run(sandbox, "blue", "true")
     assert result.outcome.exit_code == 0
     assert "layer cgroup_cpu: NOT applied: no cpu controller" in result.debug
 
 
-@pytest.mark.parametrize(("syntax", "body", "expected"), [
-    ("bash", 'echo "bash $BASH_VERSINFO $1"', "bash 5 arg1"),
-    ("sh", 'echo "sh $1"', "sh arg1"),
-    ("python", "import sys; print('python', sys.argv[1])", "python arg1"),
-])  # fmt: skip
-def test_syntaxes_run_with_arguments(sandbox: Sandbox, syntax: str, body: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("syntax", "body", "expected"),
+    [
+        ("bash", 'echo "bash $BASH_VERSINFO $1"', "bash 5 arg1"),
+        ("sh", 'echo "sh $1"', "sh arg1"),
+        ("python", "import sys; print('python', sys.argv[1])", "python arg1"),
+    ],
+)
+def test_syntaxes_run_with_arguments(
+    sandbox: Sandbox, syntax: str, body: str, expected: str
+) -> None:
     result = run(sandbox, "blue", body, syntax=syntax, args=("arg1",))
     assert result.stdout.strip() == expected, result
 
 
 def test_syntax_not_allowed_by_policy_is_refused(sandbox: Sandbox) -> None:
-    result = run(sandbox, "blue", "print(1)", syntax="python",
-                 policy=make_policy("blue", syntaxes=("bash",)))  # fmt: skip
+    result = run(
+        sandbox, "blue", "print(1)", syntax="python", policy=make_policy("blue", syntaxes=("bash",))
+    )
     assert result.outcome.reason is Reason.REFUSED
     assert "syntax 'python' is not allowed" in result.outcome.message
 
@@ -211,13 +234,18 @@ def test_missing_interpreter_is_refused_naming_the_path(sandbox: Sandbox) -> Non
     assert "/nonexistent/bash is missing" in result.outcome.message
 
 
-def test_cleanup_removes_the_run_without_following_planted_symlinks(sandbox: Sandbox,
-                                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_cleanup_removes_the_run_without_following_planted_symlinks(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep").write_text("root's file")
-    result = run(sandbox, "blue", f"ln -s {victim} link; ln -s {victim}/keep file-link; "
-                 "mkdir -p d/e; chmod 0500 d; echo done")  # fmt: skip
+    result = run(
+        sandbox,
+        "blue",
+        f"ln -s {victim} link; ln -s {victim}/keep file-link; "
+        "mkdir -p d/e; chmod 0500 d; echo done",
+    )
     assert "done" in result.stdout
     run_dir = sandbox.settings.state_dir / "projects" / "blue" / "work" / result.run_id
     assert run_dir.is_dir()
@@ -248,9 +276,12 @@ def test_workspace_modes_and_owners(sandbox: Sandbox) -> None:
     run(sandbox, "blue", "true")
     state = sandbox.settings.state_dir
     uid = project_uid(sandbox, "blue")
-    for path, mode, owner in ((state, 0o711, 0), (state / "projects", 0o711, 0),
-                              (state / "projects" / "blue", 0o700, uid),
-                              (state / "projects" / "blue" / "home", 0o700, uid)):  # fmt: skip
+    for path, mode, owner in (
+        (state, 0o711, 0),
+        (state / "projects", 0o711, 0),
+        (state / "projects" / "blue", 0o700, uid),
+        (state / "projects" / "blue" / "home", 0o700, uid),
+    ):
         st = os.lstat(path)
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (mode, owner), path
 
