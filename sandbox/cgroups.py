@@ -150,9 +150,9 @@ class ScriptGroup:
             (self.dirs["cpu"] / "cpu.cfs_period_us").write_text("100000")
             (self.dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(limits.cpu_percent * 1000))
 
-    def procs_files(self) -> list[str]:
-        """The files a process writes its pid into to join every group of the run."""
-        return [str(d / "cgroup.procs") for d in self.dirs.values()]
+    def place(self, pid: int) -> None:
+        for d in self.dirs.values():
+            (d / "cgroup.procs").write_text(str(pid))
 
     def pids(self) -> set[int]:
         found: set[int] = set()

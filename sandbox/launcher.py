@@ -120,7 +120,7 @@ def _bind(src: str, *, writable: bool, fds: dict[str, int]) -> None:
         now, then = os.fstat(fd), os.fstat(fds[src])
         if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
             raise OSError(f"{src} was replaced after the supervisor created it; refusing")
-        host = f"/proc/self/fd/{fd}"
+        host = f"{OLD}/proc/self/fd/{fd}"  # the host /proc: ours is mounted later, by init
     elif os.path.islink(host):  # e.g. /lib -> usr/lib on merged-/usr hosts
         _mkdirs(os.path.dirname(src))
         os.symlink(os.readlink(host), src)
@@ -176,13 +176,16 @@ def build_root(mounts: Mounts, fds: dict[str, int]) -> None:
         os.symlink(target, f"/dev/{name}")
     _tmpfs("/dev/shm", size, "1777", noexec=True)  # noqa: S108 - private
     _mkdirs("/proc")
-    kernel.mount(
-        "proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None
-    )
     for src in mounts["read_write"]:  # last, so no tmpfs above can cover them
         _bind(src, writable=True, fds=fds)
     kernel.umount2(OLD, kernel.MNT_DETACH)
     os.rmdir(OLD)
+
+
+def finish_root() -> None:
+    """Mount /proc (from inside the new pid namespace, so it shows only ours); seal the root."""
+    flags = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+    kernel.mount("proc", "/proc", "proc", flags, None)
     kernel.mount(None, "/", None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY, None)
 
 
@@ -244,7 +247,7 @@ def run_init(spec: LaunchSpec, result_w: int) -> None:
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
     if "mount" in spec["namespaces"]:
         step("mount")
-        build_root(spec["mounts"], spec["fds"])
+        finish_root()
     if "uts" in spec["namespaces"]:
         step("uts")
         socket.sethostname("sandworker")
@@ -296,17 +299,26 @@ def exit_like(status: int) -> None:
 
 
 def launch(spec: LaunchSpec) -> None:
-    """In a fresh child of the zygote, descriptors 0-6 in place: confine, then exec."""
-    step("cgroups")
-    for procs in spec["cgroups"]:  # join the run's cgroups before anything else happens
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
+    """In a fresh child of the zygote, descriptors 0-7 in place: confine, then exec.
+
+    The supervisor moves this process into the run's cgroups while it builds
+    its namespaces and root (a cgroup migration waits for an RCU grace period,
+    several milliseconds, so the two overlap), then writes one byte on
+    descriptor 7. Nothing forks or execs before that byte: every process of the
+    run starts inside its cgroups.
+    """
     step("namespaces")
     enter_namespaces(spec)
+    if "mount" in spec["namespaces"]:
+        step("mount")
+        build_root(spec["mounts"], spec["fds"])
+    step("cgroups")
+    if os.read(GO_FD, 1) != b"g":
+        fail("the supervisor went away before placing us in our cgroups")
+    os.close(GO_FD)
     if "pid" not in spec["namespaces"]:
         if "mount" in spec["namespaces"]:
-            step("mount")
-            build_root(spec["mounts"], spec["fds"])
+            finish_root()  # /proc then shows the host's pid namespace: reported as layer pid
         exec_script(spec)
     result_r, result_w = os.pipe()
     forward = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
@@ -338,12 +350,13 @@ def launch(spec: LaunchSpec) -> None:
 # file once as a zygote: a single-threaded root process that has already imported everything
 # and forks one child per script. Protocol on the SOCK_SEQPACKET socket at descriptor 3:
 #   supervisor -> zygote: JSON LaunchSpec, with SCM_RIGHTS [stdin, stdout, stderr, status,
-#                         home, cwd] (they become descriptors 0, 1, 2, 4, 5, 6 in the child)
+#                         home, cwd, go] (descriptors 0, 1, 2, 4, 5, 6, 7 in the child)
 #   zygote -> supervisor: {"spawned": pid} | {"exit": pid, "status": raw wait status}
 # EOF from the supervisor (it died or closed us) kills every child and ends the zygote.
 
 SOCKET_FD = 3
-TARGET_FDS = (0, 1, 2, STATUS_FD, 5, 6)
+GO_FD = 7
+TARGET_FDS = (0, 1, 2, STATUS_FD, 5, 6, GO_FD)
 MAX_MESSAGE = 1 << 20
 
 
@@ -355,7 +368,7 @@ def _child(spec: LaunchSpec, fds: list[int], sock: socket.socket) -> None:
         os.setsid()
         for src, dst in zip(fds, TARGET_FDS, strict=True):
             os.dup2(src, dst, inheritable=dst <= 2)
-        for low, high in ((STATUS_FD + 1, 5), (7, 65536)):
+        for low, high in ((STATUS_FD + 1, 5), (GO_FD + 1, 65536)):
             os.closerange(low, high)
         os.closerange(3, STATUS_FD)
         launch(spec)

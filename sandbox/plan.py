@@ -123,7 +123,6 @@ def build(
             os.environ if parent_env is None else parent_env,
         ),
         "cwd": str(dirs.cwd),
-        "cgroups": [],  # filled in by the runner once the groups exist
         "fds": {str(dirs.home): HOME_FD, str(dirs.cwd): CWD_FD},
         "account": [account.uid, account.gid] if Layer.ACCOUNT in applied_set else None,
         "userns": host.userns and not host.root,

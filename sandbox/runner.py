@@ -233,24 +233,34 @@ class Sandbox:
         group = None
         if wanted & {Layer.CGROUP_MEMORY, Layer.CGROUP_PIDS, Layer.CGROUP_CPU, Layer.CGROUP_KILL}:
             group = ScriptGroup.create(self.host.hierarchy, run_id, policy.limits, wanted)
-        plan.spec["cgroups"] = group.procs_files() if group is not None else []
         status_r, status_w = os.pipe()
+        go_r, go_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        theirs = [null, out_w, err_w, status_w, dirs.home_fd, dirs.cwd_fd]
+        theirs = [null, out_w, err_w, status_w, dirs.home_fd, dirs.cwd_fd, go_r]
         started = time.monotonic()
         try:
             pid = self.zygote.spawn(plan.spec, theirs)
             pidfd = os.pidfd_open(pid)
+            if group is not None:
+                try:
+                    group.place(pid)
+                except ProcessLookupError:
+                    pass  # it failed already: setup_error() reads why from the status pipe
+                else:
+                    os.write(go_w, b"g")  # placed: the launcher may now fork and exec
+            else:
+                os.write(go_w, b"g")
         except BaseException:
             for fd in (status_r, out_r, err_r):
                 os.close(fd)
             if group is not None:
+                group.kill()
                 group.remove()
             raise
         finally:
-            for fd in (null, out_w, err_w, status_w):
+            for fd in (null, out_w, err_w, status_w, go_r, go_w):
                 os.close(fd)
             dirs.close()
         return Running(

@@ -27,7 +27,6 @@ class LaunchSpec(TypedDict):
     argv: list[str]  # argv[0] is an absolute path
     env: dict[str, str]
     cwd: str
-    cgroups: list[str]  # cgroup.procs files the launcher writes its own pid into, first thing
     fds: dict[str, int]  # host path -> inherited O_PATH descriptor standing for it (home, cwd)
     account: list[int] | None  # [uid, gid] to switch to, or None to stay
     userns: bool  # unprivileged mode: a user namespace mapping only our own ids
