@@ -93,9 +93,8 @@ def main() -> int:
     bare, bwrap, full_ms = medians.values()
     ratio = full_ms / bwrap
     print(f"ratio sandworker/bare  {full_ms / bare:6.2f}x")
-    print(
-        f"ratio sandworker/bwrap {ratio:6.2f}x   (target <= 5x: {'met' if ratio <= 5 else 'MISSED'})"
-    )
+    verdict = "met" if ratio <= 5 else "MISSED"
+    print(f"ratio sandworker/bwrap {ratio:6.2f}x   (target <= 5x: {verdict})")
     return 0
 
 
