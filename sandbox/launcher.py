@@ -178,14 +178,16 @@ def build_root(mounts: Mounts, fds: dict[str, int]) -> None:
     _mkdirs("/proc")
     for src in mounts["read_write"]:  # last, so no tmpfs above can cover them
         _bind(src, writable=True, fds=fds)
-    kernel.umount2(OLD, kernel.MNT_DETACH)
-    os.rmdir(OLD)
 
 
 def finish_root() -> None:
-    """Mount /proc (from inside the new pid namespace, so it shows only ours); seal the root."""
+    """Mount /proc from inside the new pid namespace (so it shows only ours), drop the host's
+    root, seal ours read-only. In a user namespace the kernel only allows a new proc while a
+    full one is still visible, hence the host root is detached only now."""
     flags = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
     kernel.mount("proc", "/proc", "proc", flags, None)
+    kernel.umount2(OLD, kernel.MNT_DETACH)
+    os.rmdir(OLD)
     kernel.mount(None, "/", None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY, None)
 
 

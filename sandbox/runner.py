@@ -287,7 +287,6 @@ class Sandbox:
         try:
             running = self.start(request, policy)
         except Refused as exc:
-            sink("debug", f"refused: {exc}\n".encode())
             return Outcome(Reason.REFUSED, None, None, str(exc))
         for line in running.plan.debug:
             sink("debug", f"{line}\n".encode())
