@@ -21,8 +21,9 @@ STRICT = str(REPO / "policies" / "strict.toml")
 NOBODY = 65534
 
 
-def sandworker(*args: str, state: Path, user: int | None = None, policy: str = DEFAULT,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def sandworker(
+    *args: str, state: Path, user: int | None = None, policy: str = DEFAULT, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     argv = [SANDWORKER, args[0], *args[1:2]] if args[0] == "sandbox" else [SANDWORKER, args[0]]
     rest = args[2:] if args[0] == "sandbox" else args[1:]
     argv += ["--policy-dir", policy, "--state-dir", str(state / "state"), *rest]
@@ -44,8 +45,9 @@ def sandworker(*args: str, state: Path, user: int | None = None, policy: str = D
             *argv[1:],
         ]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(state)}
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
-                          check=False)  # fmt: skip
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
 
 
 def _package_copy(state: Path) -> Path:
@@ -70,8 +72,9 @@ def state() -> Iterator[Path]:
 
 
 def test_run_streams_output_and_returns_the_scripts_exit_code(state: Path) -> None:
-    result = sandworker("sandbox", "run", "--project", "blue", "-c", "echo out; echo err >&2; exit 3",
-                        state=state)  # fmt: skip
+    result = sandworker(
+        "sandbox", "run", "--project", "blue", "-c", "echo out; echo err >&2; exit 3", state=state
+    )
     assert result.returncode == 3
     assert result.stdout == "out\n"
     assert "err\n" in result.stderr and "exited: exited with code 3" in result.stderr
@@ -92,8 +95,9 @@ def test_run_a_program_by_absolute_path_only(state: Path) -> None:
 def test_run_a_script_file_in_another_syntax(state: Path) -> None:
     script = state / "hello.py"
     script.write_text("import sys; print('py', sys.argv[1:])\n")
-    result = sandworker("sandbox", "run", "--project", "blue", "--syntax", "python", str(script),
-                        state=state)  # fmt: skip
+    result = sandworker(
+        "sandbox", "run", "--project", "blue", "--syntax", "python", str(script), state=state
+    )
     assert result.returncode == 0 and result.stdout == "py []\n"
 
 
@@ -102,8 +106,9 @@ def test_invalid_project_and_default_deny_are_refused_clearly(state: Path) -> No
     assert bad.returncode == 3 and "refused: project id '../etc'" in bad.stderr
     only_blue = state / "only-blue.toml"
     only_blue.write_text('version = 1\n[[project]]\nmatch = "blue"\n')
-    denied = sandworker("sandbox", "run", "--project", "red", "-c", "true", state=state,
-                        policy=str(only_blue))  # fmt: skip
+    denied = sandworker(
+        "sandbox", "run", "--project", "red", "-c", "true", state=state, policy=str(only_blue)
+    )
     assert denied.returncode == 3
     assert f"project 'red' matches no [[project]] rule in {only_blue}" in denied.stderr
 
@@ -111,8 +116,16 @@ def test_invalid_project_and_default_deny_are_refused_clearly(state: Path) -> No
 def test_timeout_kills_the_tree_and_exits_124(state: Path) -> None:
     policy = state / "short.toml"
     policy.write_text('version = 1\n[[project]]\nmatch = "*"\ntimeout = "1s"\nkill_grace = "1s"\n')
-    result = sandworker("sandbox", "run", "--project", "blue", "-c", "trap '' TERM; sleep 60 & wait",
-                        state=state, policy=str(policy))  # fmt: skip
+    result = sandworker(
+        "sandbox",
+        "run",
+        "--project",
+        "blue",
+        "-c",
+        "trap '' TERM; sleep 60 & wait",
+        state=state,
+        policy=str(policy),
+    )
     assert result.returncode == 124 and "timed out after 1s" in result.stderr
 
 
@@ -125,13 +138,23 @@ def test_doctor_passes_the_strict_policy_as_root(state: Path) -> None:
 
 def test_non_root_runs_with_unprivileged_layers_and_says_what_is_missing(state: Path) -> None:
     policy = state / "laptop.toml"
-    policy.write_text('version = 1\n[[project]]\nmatch = "demo"\nnetwork = "none"\n'
-                      'require = ["mount", "pid", "network", "landlock", "no_new_privs"]\n')  # fmt: skip
+    policy.write_text(
+        'version = 1\n[[project]]\nmatch = "demo"\nnetwork = "none"\n'
+        'require = ["mount", "pid", "network", "landlock", "no_new_privs"]\n'
+    )
     (state / "state").mkdir()
     os.chown(state / "state", NOBODY, NOBODY)
-    result = sandworker("sandbox", "run", "--project", "demo", "-c",
-                        "id -u; echo [0-9]* ; cd /proc && echo [0-9]*; ls /",
-                        state=state, user=NOBODY, policy=str(policy))  # fmt: skip
+    result = sandworker(
+        "sandbox",
+        "run",
+        "--project",
+        "demo",
+        "-c",
+        "id -u; echo [0-9]* ; cd /proc && echo [0-9]*; ls /",
+        state=state,
+        user=NOBODY,
+        policy=str(policy),
+    )
     assert result.returncode == 0, result.stderr
     uid, _, pids, listing = result.stdout.split("\n", 3)
     assert uid == str(NOBODY) and pids == "1 2"
@@ -141,8 +164,17 @@ def test_non_root_runs_with_unprivileged_layers_and_says_what_is_missing(state: 
 
 
 def test_non_root_refuses_a_policy_that_requires_more(state: Path) -> None:
-    result = sandworker("sandbox", "run", "--project", "demo", "-c", "echo ran", state=state,
-                        user=NOBODY, policy=STRICT)  # fmt: skip
+    result = sandworker(
+        "sandbox",
+        "run",
+        "--project",
+        "demo",
+        "-c",
+        "echo ran",
+        state=state,
+        user=NOBODY,
+        policy=STRICT,
+    )
     assert result.returncode == 3 and "ran" not in result.stdout
     assert "requires layers this host lacks: account:" in result.stderr
     doctor = sandworker("doctor", state=state, user=NOBODY, policy=STRICT)

@@ -11,6 +11,7 @@ import pytest
 
 from sandworker.sandbox import accounts
 from sandworker.sandbox.accounts import AccountError, Accounts
+from sandworker.sandbox.atomic import write_atomic
 from sandworker.sandbox.settings import SandboxSettings
 
 
@@ -65,8 +66,6 @@ def test_relative_interpreter_is_refused() -> None:
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
-    from sandworker.sandbox.atomic import write_atomic
-
     target = tmp_path / "f"
     write_atomic(target, b"one")
     write_atomic(target, b"two", mode=0o640)

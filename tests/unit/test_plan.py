@@ -15,8 +15,9 @@ from sandworker.sandbox.settings import SandboxSettings
 from sandworker.sandbox.workspace import RunDirs
 from tests.sandboxing import make_policy
 
-DIRS = RunDirs(Path("/s/projects/blue"), Path("/s/projects/blue/home"),
-               Path("/s/projects/blue/work/r1"))  # fmt: skip
+DIRS = RunDirs(
+    Path("/s/projects/blue"), Path("/s/projects/blue/home"), Path("/s/projects/blue/work/r1")
+)
 ACCOUNT = Account(420000, 420000, "sandworker-blue")
 
 
@@ -67,12 +68,18 @@ def test_optional_missing_layer_is_reported() -> None:
 
 def test_environment_is_the_allow_list_plus_per_project_values() -> None:
     parent = {"LANG": "de_DE.UTF-8", "SECRET": "x", "LD_PRELOAD": "/evil.so", "PATH": "/evil"}
-    env = plan({"environment_pass": ("LANG",), "environment_set": {"TZ": "UTC"}},
-               env=parent).spec["env"]  # fmt: skip
+    env = plan({"environment_pass": ("LANG",), "environment_set": {"TZ": "UTC"}}, env=parent).spec[
+        "env"
+    ]
     assert env == {
-        "LANG": "de_DE.UTF-8", "TZ": "UTC", "PATH": SAFE_PATH, "HOME": str(DIRS.home),
-        "TMPDIR": "/tmp", "USER": "sandworker-blue", "LOGNAME": "sandworker-blue",
-    }  # fmt: skip
+        "LANG": "de_DE.UTF-8",
+        "TZ": "UTC",
+        "PATH": SAFE_PATH,
+        "HOME": str(DIRS.home),
+        "TMPDIR": "/tmp",
+        "USER": "sandworker-blue",
+        "LOGNAME": "sandworker-blue",
+    }
 
 
 def test_without_mount_namespace_tmp_is_not_shared_host_tmp() -> None:
@@ -85,8 +92,15 @@ def test_without_mount_namespace_tmp_is_not_shared_host_tmp() -> None:
 def test_landlock_grants_only_workspace_and_private_dirs_for_writing() -> None:
     rules = plan().spec["landlock"]
     assert rules is not None
-    assert set(rules["read_write"]) == {str(DIRS.home), str(DIRS.cwd), "/tmp", "/dev/shm",
-                                        "/dev/null", "/dev/zero", "/dev/full"}  # fmt: skip
+    assert set(rules["read_write"]) == {
+        str(DIRS.home),
+        str(DIRS.cwd),
+        "/tmp",
+        "/dev/shm",
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+    }
     assert rules["list_only"] == ["/", "/dev"] and rules["scoped"] is True
 
 
