@@ -70,13 +70,11 @@ class Hierarchy:
         unified = groups.get(V2)
         if unified is not None and os.access(unified, os.W_OK):
             found.v2 = unified
-            with contextlib.suppress(OSError):
-                found.v2_controllers = frozenset(
-                    (unified / "cgroup.controllers").read_text().split()
-                )
+            found.v2_controllers = _enable_for_children(unified)
         for name in ("memory", "pids", "cpu"):
             path = groups.get(name)
-            if path is not None and name not in found.v2_controllers and os.access(path, os.W_OK):
+            owned_by_v2 = name in _read_words(unified / "cgroup.controllers") if unified else False
+            if path is not None and not owned_by_v2 and os.access(path, os.W_OK):
                 found.v1[name] = path
         return found
 
@@ -205,6 +203,29 @@ class ScriptGroup:
                     if exc.errno != errno.EBUSY:
                         raise
                     time.sleep(0.01)
+
+
+def _read_words(path: Path) -> set[str]:
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        return set()
+
+
+def _enable_for_children(group: Path) -> frozenset[str]:
+    """Enable memory, pids and cpu for child groups; return what children can use.
+
+    cgroup v2 forbids this while `group` itself holds processes (the "no internal
+    processes" rule), so under systemd the daemon must first move itself into a
+    leaf of its delegated subtree; what cannot be enabled is reported as a
+    missing layer, never assumed.
+    """
+    wanted = {"memory", "pids", "cpu"} & _read_words(group / "cgroup.controllers")
+    missing = wanted - _read_words(group / "cgroup.subtree_control")
+    if missing:
+        with contextlib.suppress(OSError):
+            (group / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
+    return frozenset(wanted & _read_words(group / "cgroup.subtree_control"))
 
 
 def kernel_at_least(major: int, minor: int) -> bool:

@@ -381,6 +381,8 @@ def _child(spec: LaunchSpec, fds: list[int], sock: socket.socket) -> None:
 
 def serve() -> None:
     sock = socket.socket(fileno=SOCKET_FD)
+    # Orphans of our children (an init whose launcher died) come back to us to be reaped.
+    kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -420,15 +422,16 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 
 def _reap(sock: socket.socket, children: set[int]) -> None:
-    while children:
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        children.discard(pid)
-        sock.send(json.dumps({"exit": pid, "status": status}).encode())
+        if pid in children:
+            children.discard(pid)
+            sock.send(json.dumps({"exit": pid, "status": status}).encode())
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from .workspace import RunDirs, Workspaces
 from .zygote import Zygote
 
 SETUP_DEADLINE = 30.0
+BACKUP_DEADLINE = 10.0  # after the first SIGKILL, wait at most this long for the exit
 
 
 class Reason(enum.StrEnum):
@@ -324,6 +325,7 @@ def _supervise(
     policy = running.policy
     deadline = running.started + policy.timeout_seconds
     kill_at: float | None = None
+    given_up_at: float | None = None
     printed = 0
     sel = selectors.DefaultSelector()
     sel.register(running.stdout, selectors.EVENT_READ, "stdout")
@@ -346,6 +348,14 @@ def _supervise(
                 if kill_at is not None and now >= kill_at:
                     running.kill()
                     kill_at = now + 1.0
+                    given_up_at = given_up_at or now + BACKUP_DEADLINE
+                if given_up_at is not None and now >= given_up_at:
+                    # Unkillable (e.g. stuck in the kernel): record a definite outcome anyway.
+                    running.plan.debug.append(
+                        f"launcher pid {running.pid} did not exit {BACKUP_DEADLINE:.0f}s after"
+                        " SIGKILL; outcome recorded without its exit status"
+                    )
+                    return signal.SIGKILL  # a raw wait status meaning "killed by SIGKILL"
             for key, _ in sel.select(timeout=0.05):
                 if key.data == "exit":
                     raw = zygote.status(running.pid)
