@@ -318,44 +318,51 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+@dataclass
+class _Escalation:
+    """Timeout or cancel -> TERM; after the grace -> KILL (repeated); then a backup deadline."""
+
+    running: Running
+    deadline: float
+    kill_at: float | None = None
+    give_up_at: float | None = None
+
+    def tick(self, now: float, cancelled: bool) -> bool:
+        """Act on the clock; True when waiting any longer for the exit is pointless."""
+        running = self.running
+        if running.ended_by is None and (now >= self.deadline or cancelled):
+            running.terminate(Reason.TIMEOUT if now >= self.deadline else Reason.CANCELLED)
+            self.kill_at = now + running.policy.kill_grace_seconds
+        if self.kill_at is not None and now >= self.kill_at:
+            running.kill()
+            self.kill_at = now + 1.0
+            self.give_up_at = self.give_up_at or now + BACKUP_DEADLINE
+        if self.give_up_at is not None and now >= self.give_up_at:
+            running.plan.debug.append(
+                f"launcher pid {running.pid} did not exit {BACKUP_DEADLINE:.0f}s after"
+                " SIGKILL; outcome recorded without its exit status"
+            )
+            return True
+        return False
+
+
 def _supervise(
     running: Running, sink: OutputSink, cancel: Callable[[], bool], zygote: Zygote
 ) -> int:
     """Pump output, enforce timeout, output limit and cancel; return the raw wait status."""
-    policy = running.policy
-    deadline = running.started + policy.timeout_seconds
-    kill_at: float | None = None
-    given_up_at: float | None = None
+    limit = running.policy.limits.output_bytes
+    escalation = _Escalation(running, running.started + running.policy.timeout_seconds)
     printed = 0
     sel = selectors.DefaultSelector()
     sel.register(running.stdout, selectors.EVENT_READ, "stdout")
     sel.register(running.stderr, selectors.EVENT_READ, "stderr")
     sel.register(running.pidfd, selectors.EVENT_READ, "exit")
     raw: int | None = None
-    drain_until: float | None = None
+    drain_until = 0.0
     try:
-        while True:
-            now = time.monotonic()
-            if raw is not None and (not sel.get_map() or now > (drain_until or now)):
-                break
-            if raw is None:
-                if now >= deadline and running.ended_by is None:
-                    running.terminate(Reason.TIMEOUT)
-                    kill_at = now + policy.kill_grace_seconds
-                elif cancel() and running.ended_by is None:
-                    running.terminate(Reason.CANCELLED)
-                    kill_at = now + policy.kill_grace_seconds
-                if kill_at is not None and now >= kill_at:
-                    running.kill()
-                    kill_at = now + 1.0
-                    given_up_at = given_up_at or now + BACKUP_DEADLINE
-                if given_up_at is not None and now >= given_up_at:
-                    # Unkillable (e.g. stuck in the kernel): record a definite outcome anyway.
-                    running.plan.debug.append(
-                        f"launcher pid {running.pid} did not exit {BACKUP_DEADLINE:.0f}s after"
-                        " SIGKILL; outcome recorded without its exit status"
-                    )
-                    return signal.SIGKILL  # a raw wait status meaning "killed by SIGKILL"
+        while raw is None or (sel.get_map() and time.monotonic() < drain_until):
+            if raw is None and escalation.tick(time.monotonic(), cancel()):
+                return signal.SIGKILL  # unkillable (stuck in the kernel): a definite outcome
             for key, _ in sel.select(timeout=0.05):
                 if key.data == "exit":
                     raw = zygote.status(running.pid)
@@ -368,12 +375,10 @@ def _supervise(
                 if not data:
                     sel.unregister(key.fd)
                     continue
-                room = policy.limits.output_bytes - printed
+                sink(key.data, data[: max(limit - printed, 0)])
                 printed += len(data)
-                sink(key.data, data[: max(room, 0)])
-                if printed > policy.limits.output_bytes and running.ended_by is None:
+                if printed > limit and running.ended_by is None:
                     running.kill(Reason.OUTPUT)
     finally:
         sel.close()
-    assert raw is not None
     return raw
