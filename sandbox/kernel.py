@@ -137,3 +137,15 @@ def drop_bounding_set() -> None:
         last = int(f.read())
     for cap in range(last + 1):
         prctl(PR_CAPBSET_DROP, cap)
+
+
+SYS_KEYCTL = 250
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def new_session_keyring() -> None:
+    """Join a fresh anonymous session keyring: keys the supervisor's session holds are no
+    longer possessed by this process. No-op on kernels built without keys."""
+    rc = _syscall(SYS_KEYCTL, ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), None)
+    if rc < 0 and ctypes.get_errno() != 38:  # ENOSYS
+        _check(rc, "keyctl(JOIN_SESSION_KEYRING)")

@@ -223,6 +223,8 @@ def exec_script(spec: LaunchSpec) -> None:
         step("account")
         kernel.drop_bounding_set()
         drop_privileges(account[0], account[1])
+    step("keyring")
+    kernel.new_session_keyring()  # after the drop, so the new keyring is the account's own
     step("no_new_privs")
     kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
     rules = spec["landlock"]
