@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,21 +76,35 @@ def run(
     policy: EffectivePolicy | None = None,
     cancel: threading.Event | None = None,
     args: tuple[str, ...] = (),
+    on_output: Callable[[list[tuple[str, bytes]]], None] = lambda _chunks: None,
+    run_id: str | None = None,
 ) -> Result:
     """Run `body` to the end as `project`; collect output by source."""
-    run_id = f"t{os.getpid()}-{next(_ids)}"
+    run_id = run_id or f"t{os.getpid()}-{next(_ids)}"
     chunks: list[tuple[str, bytes]] = []
+
+    def sink(source: str, data: bytes) -> None:
+        chunks.append((source, data))
+        on_output(chunks)
+
     outcome = sandbox.run(
         Request(project, run_id, syntax, body, args),
         policy or make_policy(project),
-        lambda source, data: chunks.append((source, data)),
+        sink,
         cancel=(cancel.is_set if cancel else lambda: False),
     )
+    return Result(
+        outcome,
+        _text(chunks, "stdout"),
+        _text(chunks, "stderr"),
+        _text(chunks, "debug"),
+        run_id,
+        chunks,
+    )
 
-    def text(source: str) -> str:
-        return b"".join(d for s, d in chunks if s == source).decode(errors="replace")
 
-    return Result(outcome, text("stdout"), text("stderr"), text("debug"), run_id, chunks)
+def _text(chunks: list[tuple[str, bytes]], source: str) -> str:
+    return b"".join(d for s, d in chunks if s == source).decode(errors="replace")
 
 
 @contextmanager
@@ -105,33 +119,27 @@ def running(
     """Start `body` in the background; yield once it printed `ready`; cancel it on exit."""
     stop = threading.Event()
     seen = threading.Event()
-    box: dict[str, Result] = {}
-    chunks: list[tuple[str, bytes]] = []
+    box: list[Result] = []
     run_id = f"bg{os.getpid()}-{next(_ids)}"
+    progress: list[tuple[str, bytes]] = []
 
-    def sink(source: str, data: bytes) -> None:
-        chunks.append((source, data))
-        if ready.encode() in b"".join(d for s, d in chunks if s == "stdout"):
+    def watch(chunks: list[tuple[str, bytes]]) -> None:
+        progress[:] = chunks
+        if ready in _text(chunks, "stdout"):
             seen.set()
 
     def target() -> None:
-        box["result"] = Result(
-            sandbox.run(
-                Request(project, run_id, "bash", body),
-                policy or make_policy(project),
-                sink,
-                cancel=stop.is_set,
-            ),
-            run_id=run_id,
+        box.append(
+            run(sandbox, project, body, policy=policy, cancel=stop, on_output=watch, run_id=run_id)
         )
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     try:
         if not seen.wait(30):
-            raise AssertionError(f"background script never printed {ready!r}: {chunks}")
-        partial = Result(outcome=None, run_id=run_id, chunks=chunks)  # type: ignore[arg-type]
-        partial.stdout = b"".join(d for s, d in chunks if s == "stdout").decode()
+            raise AssertionError(f"background script never printed {ready!r}: {progress}")
+        partial = Result(outcome=None, run_id=run_id, chunks=progress)  # type: ignore[arg-type]
+        partial.stdout = _text(progress, "stdout")
         yield partial
     finally:
         stop.set()

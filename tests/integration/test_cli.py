@@ -50,6 +50,11 @@ def sandworker(
     )
 
 
+def run_text(project: str, body: str, **options: object) -> subprocess.CompletedProcess[str]:
+    """`sandworker sandbox run --project PROJECT -c BODY` with the given options."""
+    return sandworker("sandbox", "run", "--project", project, "-c", body, **options)  # type: ignore[arg-type]
+
+
 def _package_copy(state: Path) -> Path:
     target = state / "pkg"
     if not target.exists():
@@ -72,9 +77,7 @@ def state() -> Iterator[Path]:
 
 
 def test_run_streams_output_and_returns_the_scripts_exit_code(state: Path) -> None:
-    result = sandworker(
-        "sandbox", "run", "--project", "blue", "-c", "echo out; echo err >&2; exit 3", state=state
-    )
+    result = run_text("blue", "echo out; echo err >&2; exit 3", state=state)
     assert result.returncode == 3
     assert result.stdout == "out\n"
     assert "err\n" in result.stderr and "exited: exited with code 3" in result.stderr
@@ -102,13 +105,11 @@ def test_run_a_script_file_in_another_syntax(state: Path) -> None:
 
 
 def test_invalid_project_and_default_deny_are_refused_clearly(state: Path) -> None:
-    bad = sandworker("sandbox", "run", "--project", "../etc", "-c", "true", state=state)
+    bad = run_text("../etc", "true", state=state)
     assert bad.returncode == 3 and "refused: project id '../etc'" in bad.stderr
     only_blue = state / "only-blue.toml"
     only_blue.write_text('version = 1\n[[project]]\nmatch = "blue"\n')
-    denied = sandworker(
-        "sandbox", "run", "--project", "red", "-c", "true", state=state, policy=str(only_blue)
-    )
+    denied = run_text("red", "true", state=state, policy=str(only_blue))
     assert denied.returncode == 3
     assert f"project 'red' matches no [[project]] rule in {only_blue}" in denied.stderr
 
@@ -116,12 +117,8 @@ def test_invalid_project_and_default_deny_are_refused_clearly(state: Path) -> No
 def test_timeout_kills_the_tree_and_exits_124(state: Path) -> None:
     policy = state / "short.toml"
     policy.write_text('version = 1\n[[project]]\nmatch = "*"\ntimeout = "1s"\nkill_grace = "1s"\n')
-    result = sandworker(
-        "sandbox",
-        "run",
-        "--project",
+    result = run_text(
         "blue",
-        "-c",
         "trap '' TERM; sleep 60 & wait",
         state=state,
         policy=str(policy),
@@ -144,12 +141,8 @@ def test_non_root_runs_with_unprivileged_layers_and_says_what_is_missing(state: 
     )
     (state / "state").mkdir()
     os.chown(state / "state", NOBODY, NOBODY)
-    result = sandworker(
-        "sandbox",
-        "run",
-        "--project",
+    result = run_text(
         "demo",
-        "-c",
         "id -u; echo [0-9]* ; cd /proc && echo [0-9]*; ls /",
         state=state,
         user=NOBODY,
@@ -164,12 +157,8 @@ def test_non_root_runs_with_unprivileged_layers_and_says_what_is_missing(state: 
 
 
 def test_non_root_refuses_a_policy_that_requires_more(state: Path) -> None:
-    result = sandworker(
-        "sandbox",
-        "run",
-        "--project",
+    result = run_text(
         "demo",
-        "-c",
         "echo ran",
         state=state,
         user=NOBODY,
