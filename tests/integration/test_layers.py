@@ -292,3 +292,12 @@ def test_setup_failure_is_reported_with_the_layer(sandbox: Sandbox, tmp_path: Pa
     assert result.outcome.reason is Reason.SETUP_FAILED
     assert result.outcome.message.startswith("setup failed: mount:")
     assert "never" not in result.stdout
+
+
+@pytest.mark.parametrize("sig", ["KILL", "TERM", "SEGV"])
+def test_a_script_killed_by_a_signal_is_reported_as_that_signal(sandbox: Sandbox, sig: str) -> None:
+    result = run(sandbox, "blue", f"echo before; kill -{sig} $$; echo after")
+    assert result.stdout == "before\n"
+    assert (result.outcome.reason, result.outcome.exit_code) == (Reason.EXITED, None)
+    assert result.outcome.signal == f"SIG{sig}"
+    assert result.outcome.message == f"killed by SIG{sig}"
