@@ -22,7 +22,7 @@ from sandworker.sandbox.syntaxes import SYNTAXES
 from . import cli_policy
 
 # Exit codes of `sandbox run` when the script did not simply exit (documented in --help).
-EXIT_REFUSED, EXIT_SETUP, EXIT_TIMEOUT = 3, 127, 124
+EXIT_REFUSED, EXIT_SETUP, EXIT_TIMEOUT = 3, 125, 124
 
 
 def _policy_paths(args: argparse.Namespace) -> list[Path]:
@@ -40,7 +40,7 @@ def _settings(args: argparse.Namespace) -> SandboxSettings:
 def _exit_code(outcome: Outcome) -> int:
     if outcome.reason is Reason.REFUSED:
         return EXIT_REFUSED
-    if outcome.reason is Reason.SETUP_FAILED:
+    if outcome.reason in (Reason.SETUP_FAILED, Reason.LOST):
         return EXIT_SETUP
     if outcome.reason is Reason.TIMEOUT:
         return EXIT_TIMEOUT
@@ -63,7 +63,11 @@ def cmd_sandbox_run(args: argparse.Namespace) -> int:
         argv = args.argv[1:] if args.argv[0] == "--" else args.argv
         request = Request(project, _run_id(), argv=tuple(argv))
     else:
-        body = args.command if args.command is not None else Path(args.file).read_text()
+        try:
+            body = args.command if args.command is not None else Path(args.file).read_text()
+        except OSError as exc:
+            print(f"sandworker: cannot read script {args.file}: {exc.strerror}", file=sys.stderr)
+            return 2
         request = Request(project, _run_id(), args.syntax, body, tuple(args.args or ()))
     cancelled = []
     signal.signal(signal.SIGINT, lambda *_: cancelled.append(True))
@@ -162,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sandbox.add_parser(
         "run",
         help="run one script under a project's effective policy, in the foreground",
-        epilog="Exit status: the script's own; 128+N if killed by signal N; "
-        f"{EXIT_TIMEOUT} on timeout; {EXIT_REFUSED} if refused; {EXIT_SETUP} if setup failed.",
+        epilog="To run a program instead of a script: sandworker sandbox run --project P -- "
+        "/absolute/program ARGS... (no PATH lookup). "
+        "Exit status: the script's own; 128+N if killed by signal N; "
+        f"{EXIT_TIMEOUT} on timeout; {EXIT_REFUSED} if refused; {EXIT_SETUP} if setup failed "
+        "or the launcher was lost.",
     )
     host_options(run)
     run.add_argument("--project", required=True)

@@ -2,8 +2,10 @@
 
 Dynamic accounts come from a configured range, are never reused for another
 project (no uid recycling: a later owner can never inherit files or setgid
-bits left by an earlier one), never collide with an id NSS knows, and are
-persisted in ``<state>/accounts.json`` (written atomically, 0600) under a lock.
+bits left by an earlier one), never collide with an id NSS knows or a running
+process holds, and are persisted in ``<state>/accounts.json`` (written
+atomically, 0600) under a lock. The map is per state directory: two instances
+on one host must be given disjoint uid ranges.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def _known_to_nss(uid: int) -> bool:
             continue
         return True
     return False
+
+
+def _uids_of_running_processes() -> set[int]:
+    """Real uids of every process on the host: an id some process holds is not free, even
+    when NSS does not know it (another instance's project, a container's user)."""
+    uids: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Uid:"):
+                            uids.add(int(line.split()[1]))
+                            break
+            except OSError:
+                continue
+    return uids
 
 
 class Accounts:
@@ -80,8 +99,9 @@ class Accounts:
 
     def _allocate(self, taken: set[int]) -> int:
         low, high = self._range
+        running = _uids_of_running_processes()
         for uid in range(low, high + 1):
-            if uid not in taken and not _known_to_nss(uid):
+            if uid not in taken and uid not in running and not _known_to_nss(uid):
                 return uid
         raise AccountError(f"no free uid left in the dynamic range {low}-{high}; widen it")
 

@@ -192,8 +192,9 @@ class ScriptGroup:
         return hits
 
     def remove(self) -> None:
+        """Remove the groups; they must be empty (kill() first). Raises if one stays busy."""
         for d in self.dirs.values():
-            for _ in range(100):
+            for _ in range(200):
                 try:
                     d.rmdir()
                     break
@@ -203,6 +204,8 @@ class ScriptGroup:
                     if exc.errno != errno.EBUSY:
                         raise
                     time.sleep(0.01)
+            else:
+                raise OSError(errno.EBUSY, f"cgroup {d} still busy after 2s; processes remain?")
 
 
 def _read_words(path: Path) -> set[str]:

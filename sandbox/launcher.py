@@ -249,6 +249,10 @@ def exec_script(spec: LaunchSpec) -> None:
 def run_init(spec: LaunchSpec, result_w: int) -> None:
     """pid 1 of the sandbox: start the script, forward TERM, report its status, exit."""
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+    poller = select.poll()  # the launcher may have died before PDEATHSIG was armed:
+    poller.register(result_w, select.POLLERR)  # then nobody reads our result pipe
+    if poller.poll(0):
+        fail("the launcher died while the sandbox was being set up")
     if "mount" in spec["namespaces"]:
         step("mount")
         finish_root()

@@ -19,6 +19,7 @@ from .spec import LandlockRules, LaunchSpec
 from .workspace import RunDirs
 
 HOME_FD, CWD_FD = 5, 6  # where RunDirs.home_fd and cwd_fd land in the launcher
+MEMLOCK_BYTES = 8 << 20  # enough for gpg and friends; nothing a script can pin the host with
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _NAMESPACE_LAYERS = (Layer.MOUNT, Layer.PID, Layer.IPC, Layer.UTS, Layer.NETWORK)
 _ALWAYS = (Layer.SESSION, Layer.DESCRIPTORS, Layer.ENVIRONMENT, Layer.RLIMITS, Layer.NO_NEW_PRIVS)
@@ -74,6 +75,10 @@ def rlimits(policy: EffectivePolicy, applied: set[Layer]) -> dict[str, list[int]
         "RLIMIT_CPU": [lim.cpu_seconds, lim.cpu_seconds + 1],  # SIGXCPU, then SIGKILL
         "RLIMIT_NOFILE": [lim.open_files, lim.open_files],
         "RLIMIT_FSIZE": [lim.file_size_bytes, lim.file_size_bytes],
+        # never inherited from the supervisor: no raised priority, little locked memory
+        "RLIMIT_NICE": [0, 0],
+        "RLIMIT_RTPRIO": [0, 0],
+        "RLIMIT_MEMLOCK": [MEMLOCK_BYTES, MEMLOCK_BYTES],
     }
     if Layer.ACCOUNT in applied:  # per uid, and the uid is the project's alone
         nproc = lim.processes * max(policy.concurrency, 1)

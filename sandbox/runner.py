@@ -29,7 +29,7 @@ from .plan import Plan, Refused, build, check_required
 from .settings import SandboxSettings
 from .syntaxes import SYNTAXES, interpreter_for
 from .workspace import RunDirs, Workspaces
-from .zygote import Zygote
+from .zygote import Zygote, ZygoteError
 
 SETUP_DEADLINE = 30.0
 BACKUP_DEADLINE = 10.0  # after the first SIGKILL, wait at most this long for the exit
@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     OUTPUT = "output"  # killed for printing more than the output limit
     CPU = "cpu"  # killed by the CPU time limit
     FILE_SIZE = "file_size"  # killed by the file size limit
+    LOST = "lost"  # the launcher vanished; the run was killed, its exit status is unknown
 
 
 @dataclass
@@ -94,17 +95,19 @@ class Running:
         """Block until the launcher has exec'd the script (None) or failed (the reason)."""
         chunks = []
         end = time.monotonic() + deadline
-        while (left := end - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.status], [], [], left)
-            if not ready:
-                break
-            chunk = os.read(self.status, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        else:
-            return f"launcher did not finish setting up within {deadline:.0f}s"
-        os.close(self.status)
+        try:
+            while True:
+                left = end - time.monotonic()
+                ready, _, _ = select.select([self.status], [], [], max(left, 0))
+                if not ready:
+                    self.kill()
+                    return f"launcher did not finish setting up within {deadline:.0f}s"
+                chunk = os.read(self.status, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(self.status)
         if not chunks:
             return None
         try:
@@ -167,6 +170,7 @@ def _describe(
             Reason.TIMEOUT: f"timed out after {policy.timeout_seconds:g}s",
             Reason.CANCELLED: "cancelled",
             Reason.OUTPUT: f"printed more than {policy.limits.output_bytes} bytes",
+            Reason.LOST: "the launcher process was lost",
         }.get(ended_by, str(ended_by))
         return Outcome(ended_by, exit_code, sig, f"{what}; the whole process tree was killed")
     if sig == "SIGKILL" and hits.get("memory"):
@@ -293,11 +297,18 @@ class Sandbox:
             sink("debug", f"{line}\n".encode())
         setup_error = running.setup_error()
         spawn_seconds = time.monotonic() - running.started
-        raw = (
-            _supervise(running, sink, cancel, self.zygote)
-            if setup_error is None
-            else self.zygote.status(running.pid)
-        )
+        try:
+            raw = (
+                _supervise(running, sink, cancel, self.zygote)
+                if setup_error is None
+                else self.zygote.status(running.pid)
+            )
+        except ZygoteError as exc:
+            # The launcher zygote died under us: whatever the run left is killed, and the
+            # outcome says so instead of guessing an exit status.
+            running.kill(Reason.LOST)
+            raw = signal.SIGKILL
+            running.plan.debug.append(f"lost the launcher: {exc}")
         outcome = running.finish(raw, setup_error)
         outcome.spawn_seconds = spawn_seconds
         return outcome
@@ -363,6 +374,8 @@ def _supervise(
         while raw is None or (sel.get_map() and time.monotonic() < drain_until):
             if raw is None and escalation.tick(time.monotonic(), cancel()):
                 return signal.SIGKILL  # unkillable (stuck in the kernel): a definite outcome
+            if raw is None and not zygote.alive():
+                raise ZygoteError("the launcher zygote died while the script ran")
             for key, _ in sel.select(timeout=0.05):
                 if key.data == "exit":
                     raw = zygote.status(running.pid)

@@ -67,7 +67,7 @@ class Zygote:
         return ours
 
     def spawn(self, spec: object, fds: list[int]) -> int:
-        """Fork a launcher child with `fds` as its 0, 1, 2, 4, 5, 6; return its pid."""
+        """Fork a launcher child with `fds` as its 0, 1, 2, 4, 5, 6, 7; return its pid."""
         data = json.dumps(spec).encode()
         with self._lock:
             sock = self._ensure()
@@ -85,6 +85,18 @@ class Zygote:
                     raise ZygoteError(f"launcher gone before reporting pid {pid}")
                 self._read(self._sock)
             return self._exits.pop(pid)
+
+    def alive(self) -> bool:
+        """False once the zygote process has died (it is then restarted on the next spawn)."""
+        with self._lock:
+            if self._pid is None:
+                return False
+            pid, _status = os.waitpid(self._pid, os.WNOHANG)
+            if pid == 0:
+                return True
+            self._pid = None
+            self.close()
+            return False
 
     def _read(self, sock: socket.socket) -> dict[str, int]:
         data = sock.recv(MAX_MESSAGE)

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import os
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,8 +64,11 @@ class Result:
 
 
 def new_sandbox(tmp_path: Path) -> Sandbox:
+    """A sandbox with its own state dir and its own slice of the uid range, so that test
+    processes running side by side never hand one uid to two projects."""
     state = tmp_path / "state"
-    return Sandbox(SandboxSettings(state_dir=state))
+    base = 100_000 + zlib.crc32(str(state).encode()) % 400 * 1000
+    return Sandbox(SandboxSettings(state_dir=state, uid_range=(base, base + 999)))
 
 
 def run(

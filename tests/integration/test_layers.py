@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -301,3 +302,17 @@ def test_a_script_killed_by_a_signal_is_reported_as_that_signal(sandbox: Sandbox
     assert (result.outcome.reason, result.outcome.exit_code) == (Reason.EXITED, None)
     assert result.outcome.signal == f"SIG{sig}"
     assert result.outcome.message == f"killed by SIG{sig}"
+
+
+def test_losing_the_launcher_zygote_kills_the_run_and_says_so(sandbox: Sandbox) -> None:
+    def kill_zygote_once_ready(chunks: list[tuple[str, bytes]]) -> None:
+        if any(b"READY" in data for source, data in chunks if source == "stdout"):
+            pid = sandbox.zygote._pid
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+
+    result = run(sandbox, "blue", "sleep 300 & echo READY; wait", on_output=kill_zygote_once_ready)
+    assert result.outcome.reason is Reason.LOST
+    assert "the launcher process was lost" in result.outcome.message
+    assert processes_of_uid(project_uid(sandbox, "blue")) == []
+    assert run(sandbox, "blue", "echo again").stdout == "again\n"  # a new zygote serves

@@ -72,3 +72,14 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
     assert target.read_bytes() == b"two"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
     assert os.listdir(tmp_path) == ["f"]
+
+
+def test_ids_held_by_running_processes_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accounts, "_uids_of_running_processes", lambda: {420000})
+    assert Accounts(tmp_path, (420000, 420005)).for_project("blue", "dynamic").uid == 420001
+
+
+def test_running_process_scan_sees_this_process() -> None:
+    assert os.getuid() in accounts._uids_of_running_processes()
