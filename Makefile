@@ -8,7 +8,9 @@ APT_PKGS := bubblewrap procps util-linux iproute2 hyperfine
 .PHONY: run test lint typecheck schema check-schema bench apt clean
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || { echo "error: $(PY) not found; install python3.11 and python3.11-venv (apt-get install python3.11-venv)" >&2; exit 1; }
+	@if ! $(PY) -c 'import ensurepip' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv; \
+	  else echo "error: $(PY) with venv support is needed: apt-get install python3.11-venv" >&2; exit 1; fi; fi
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
@@ -22,7 +24,7 @@ apt:
 
 # Until the daemon exists, `make run` tries the sandbox on a sample script, with the shipped
 # default policy and a development state directory inside the checkout (ignored by git).
-run: $(STAMP)
+run: $(STAMP) apt
 	$(VENV)/bin/sandworker doctor --policy-dir policies/default.toml || true
 	$(VENV)/bin/sandworker sandbox run --project demo --policy-dir policies/default.toml \
 	  --state-dir $(CURDIR)/dev-home/state -v bench/sample-script.sh

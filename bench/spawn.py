@@ -39,10 +39,11 @@ def spawn_and_wait(argv: list[str]) -> Callable[[], None]:
     return once
 
 
-def sandworker_run(state: Path) -> tuple[Callable[[], None], list[float]]:
+def sandworker_run(state: Path) -> tuple[Callable[[], None], Callable[[], None], list[float]]:
     sandbox = Sandbox(SandboxSettings(state_dir=state))
     policy = load_policies([POLICY]).resolve("bench")
     spawn_latencies: list[float] = []
+    pending_cleanup: list[Request] = []
     counter = iter(range(10**9))
 
     def once() -> None:
@@ -51,8 +52,13 @@ def sandworker_run(state: Path) -> tuple[Callable[[], None], list[float]]:
         if outcome.reason is not Reason.EXITED or outcome.exit_code != 0:
             raise SystemExit(f"sandworker run failed: {outcome}")
         spawn_latencies.append(outcome.spawn_seconds)
+        pending_cleanup.append(request)
 
-    return once, spawn_latencies
+    def cleanup() -> None:  # removes run directories as the project account
+        while pending_cleanup:
+            sandbox.cleanup(pending_cleanup.pop(), policy)
+
+    return once, cleanup, spawn_latencies
 
 
 def main() -> int:
@@ -64,7 +70,7 @@ def main() -> int:
         return 2
     state = Path(tempfile.mkdtemp(prefix="sandworker-bench-", dir="/var/tmp"))
     try:
-        full, spawn_latencies = sandworker_run(state / "state")
+        full, cleanup, spawn_latencies = sandworker_run(state / "state")
         variants: dict[str, Callable[[], None]] = {
             "bare posix_spawn /bin/true": spawn_and_wait(["/bin/true"]),
             "bwrap --unshare-all --ro-bind / /": spawn_and_wait(
@@ -81,7 +87,10 @@ def main() -> int:
                     times[name].append(time.perf_counter() - start)
             if round_no == WARMUP - 1:
                 spawn_latencies.clear()
+        cleanup()  # after the timed rounds: removal spawns helpers that would disturb timing
     finally:
+        # Only /bin/true ran, and every run directory was removed as the project account:
+        # what is left holds no script-made entries.
         shutil.rmtree(state, ignore_errors=True)
     medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
     print(f"bench/spawn: {ROUNDS} rounds after {WARMUP} warm-up, interleaved; medians (ms)")
@@ -95,7 +104,7 @@ def main() -> int:
     print(f"ratio sandworker/bare  {full_ms / bare:6.2f}x")
     verdict = "met" if ratio <= 5 else "MISSED"
     print(f"ratio sandworker/bwrap {ratio:6.2f}x   (target <= 5x: {verdict})")
-    return 0
+    return 0 if ratio <= 5 else 1
 
 
 if __name__ == "__main__":

@@ -5,24 +5,28 @@ It starts ``<python> -I -S <this file>`` once (absolute interpreter, isolated
 mode, no site-packages) as a *zygote* (see the bottom of this file), which
 forks one child per script. Each child gets its descriptors in place (0 null,
 1 and 2 the output pipes, 4 a close-on-exec status pipe, 5 and 6 the
-workspace directories), then applies, in this order (layers.py names them):
+workspace directories, 7 the "go" pipe), then applies, in this order
+(layers.py names them):
 
 1. session and descriptors: a new session (no controlling terminal), every
-   other descriptor closed; then it joins the run's cgroups, so every
-   descendant is accounted for from the start;
+   other descriptor closed;
 2. namespaces: mount, pid, ipc, uts and (network = none) net; as non-root a
-   user namespace first, mapping only our own uid;
-3. fork: the child is pid 1 of the new pid namespace (``init``). It pivots
-   into a new root on a tmpfs holding only read-only system directories,
-   private /tmp, /dev/shm, /dev and /proc and the run's own workspace, sets
-   the hostname and brings up loopback;
+   user namespace first, mapping only our own uid. In the new mount
+   namespace it pivots into a new root on a tmpfs holding only read-only
+   system directories, private /tmp, /dev/shm and /dev, and the run's own
+   workspace (checked to be the very directories the supervisor created);
+3. cgroups: it waits for the supervisor to move it into the run's cgroups
+   (a byte on descriptor 7), so every process of the run starts inside them;
+   fork: the child is pid 1 of the new pid namespace (``init``). It mounts
+   /proc, detaches the host's root, seals its own read-only, sets the
+   hostname and brings up loopback;
 4. init forks the script process, then keeps only CAP_KILL, sets
    no_new_privs, locks itself out of every file with Landlock and waits. When
    the script's main process ends, init exits and the kernel kills whatever
    is left in the namespace;
 5. the script process sets rlimits, empties the capability bounding set,
-   clears supplementary groups, sets and verifies its gid and uid, sets
-   no_new_privs, applies Landlock (filesystem rules plus signal and
+   clears supplementary groups, sets and verifies its gid and uid, joins a
+   fresh session keyring, sets no_new_privs, applies Landlock (filesystem rules plus signal and
    abstract-socket scopes), resets signal dispositions, changes into its
    working directory and execs the interpreter by absolute path with the
    clean environment.
