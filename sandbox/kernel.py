@@ -87,9 +87,10 @@ class _MountAttr(ctypes.Structure):
     ]
 
 
-def make_readonly_recursive(target: str) -> None:
-    """Set read-only, nosuid and nodev on a mount and every mount below it."""
-    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+def restrict_mount_recursive(target: str, *, readonly: bool) -> None:
+    """Set nosuid and nodev (and read-only) on a mount and every mount below it."""
+    flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if readonly else 0)
+    attr = _MountAttr(flags, 0, 0, 0)
     rc = _syscall(
         SYS_MOUNT_SETATTR,
         ctypes.c_int(-100),  # AT_FDCWD
@@ -98,7 +99,7 @@ def make_readonly_recursive(target: str) -> None:
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
-    _check(rc, f"mount_setattr read-only {target}")
+    _check(rc, f"mount_setattr {target}")
 
 
 def prctl(option: int, arg2: int = 0) -> int:

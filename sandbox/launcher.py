@@ -136,11 +136,7 @@ def _bind(src: str, *, writable: bool, fds: dict[str, int]) -> None:
         if not os.path.exists(src):
             os.close(os.open(src, os.O_CREAT | os.O_WRONLY, 0o644))
     kernel.mount(host, src, None, kernel.MS_BIND | kernel.MS_REC, None)
-    if writable:
-        flags = kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_NOSUID | kernel.MS_NODEV
-        kernel.mount(None, src, None, flags, None)
-    else:
-        kernel.make_readonly_recursive(src)
+    kernel.restrict_mount_recursive(src, readonly=not writable)
     if src in fds:
         os.close(int(host.rsplit("/", 1)[1]))
 

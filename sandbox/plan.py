@@ -99,6 +99,12 @@ def build(
     parent_env: Mapping[str, str] | None = None,
 ) -> Plan:
     missing = check_required(policy, host)
+    for path in (*policy.read_only_paths, *policy.read_write_paths):
+        if _overlaps(path, str(settings.state_dir)):
+            raise Refused(
+                f"policy path {path} overlaps the state directory {settings.state_dir}, which"
+                " holds every project's workspace; grant a path outside it"
+            )
     applied = [layer for layer in wanted_layers(policy) if layer not in missing]
     applied_set = set(applied)
     namespaces = [str(layer) for layer in _NAMESPACE_LAYERS if layer in applied_set]
@@ -144,3 +150,9 @@ def build(
     debug = [f"layer {layer}: applied" for layer in applied]
     debug += [f"layer {layer}: NOT applied: {why}" for layer, why in missing.items()]
     return Plan(spec, applied, missing, debug)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """True when one of two absolute paths is the other or lies below it."""
+    pa, pb = os.path.normpath(a), os.path.normpath(b)
+    return os.path.commonpath([pa, pb]) in (pa, pb)

@@ -116,8 +116,19 @@ def read_write_error(path: str) -> str | None:
     return None
 
 
+# Replaced by a private tmpfs in every sandbox: a host path below them would be covered.
+PRIVATE = _names("/tmp /dev/shm")  # noqa: S108 - names, not files we create
+
+
 def visible_error(path: str) -> str | None:
     """Why a script may not see `path` at all, or None."""
+    for root in PRIVATE:
+        how = _overlap(path, root)
+        if how and not how.startswith("contains"):
+            return (
+                f"{toml_value(path)} {how}, which every sandbox replaces with its own private"
+                " tmpfs, so the host path would be hidden; use a path such as /srv/NAME"
+            )
     for root in NEVER_VISIBLE:
         how = _overlap(path, root)
         if how:

@@ -113,3 +113,15 @@ def test_rlimits_follow_policy_and_nproc_is_per_project() -> None:
     assert limits["RLIMIT_CPU"] == [9, 10]
     assert limits["RLIMIT_CORE"] == [0, 0]
     assert limits["RLIMIT_NPROC"] == [30, 30]
+
+
+@pytest.mark.parametrize("path", ["/s", "/s/projects/red", "/"])
+def test_policy_paths_overlapping_the_state_dir_are_refused(path: str) -> None:
+    with pytest.raises(Refused, match=f"policy path {path} overlaps the state directory /s"):
+        plan({"read_only_paths": (path,)})
+
+
+def test_unrelated_policy_paths_are_bound() -> None:
+    result = plan({"read_only_paths": ("/srv/tools",), "read_write_paths": ("/srv/cache",)})
+    assert "/srv/tools" in result.spec["mounts"]["read_only"]
+    assert "/srv/cache" in result.spec["mounts"]["read_write"]
