@@ -324,3 +324,24 @@ def test_losing_the_launcher_zygote_kills_the_run_and_says_so(sandbox: Sandbox) 
     assert "the launcher process was lost" in result.outcome.message
     assert processes_of_uid(project_uid(sandbox, "blue")) == []
     assert run(sandbox, "blue", "echo again").stdout == "again\n"  # a new zygote serves
+
+
+def test_powershell_runs_noninteractive_or_is_refused_naming_its_path(sandbox: Sandbox) -> None:
+    policy = make_policy("blue", syntaxes=("powershell",))
+    pwsh = sandbox.settings.interpreters["powershell"]
+    result = run(
+        sandbox,
+        "blue",
+        "Write-Output ('ps ' + $args[0])",
+        syntax="powershell",
+        policy=policy,
+        args=("arg1",),
+    )
+    if os.access(pwsh, os.X_OK):  # pwsh is not in Debian's archive; where installed, it must run
+        assert result.stdout.strip() == "ps arg1", result
+    else:
+        assert result.outcome.reason is Reason.REFUSED
+        assert (
+            result.outcome.message
+            == f"the powershell interpreter {pwsh} is missing or not executable"
+        )
