@@ -16,8 +16,10 @@ import enum
 import json
 import posixpath
 import re
+import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .keylines import KeyLines, KeyPath
@@ -350,3 +352,33 @@ def path_error(path: str) -> str | None:
 
 def _choices(field: Field) -> str:
     return ", ".join(toml_value(choice) for choice in field.allowed)
+
+
+def read_toml(file: Path) -> tuple[dict[str, Any], KeyLines] | Problem:
+    """Parse a UTF-8 TOML file; a problem (with its line) if it cannot be read or parsed."""
+    name = str(file)
+    try:
+        raw = file.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as error:
+        return Problem(name, None, "", f"cannot read: {error.strerror or error}")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        return Problem(name, line, "toml", "not UTF-8 text: save the file as UTF-8")
+    try:
+        return tomllib.loads(text), KeyLines(text)
+    except tomllib.TOMLDecodeError as error:
+        return _syntax_problem(name, text, error)
+
+
+def _syntax_problem(file: str, text: str, error: tomllib.TOMLDecodeError) -> Problem:
+    message = str(error)
+    at = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if at:
+        line, message = int(at[1]), f"{message[: at.start()]} (column {at[2]})"
+    else:
+        line, message = (
+            max(1, len(text.splitlines())),
+            message.replace("(at end of document)", "(at the end of the file)"),
+        )
+    return Problem(file, line, "toml", message[:1].lower() + message[1:])

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import pwd
-import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -29,7 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .effective import EffectivePolicy, Limits
-from .fields import Problem, dotted, leaves, toml_value, validate
+from .fields import Problem, dotted, leaves, read_toml, toml_value, validate
 from .globs import common_name, is_glob, specificity
 from .keylines import KeyLines
 from .layers import Layer
@@ -260,21 +258,11 @@ def _policy_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:
 
 def _load_file(file: Path, problems: list[Problem], invalid: set[tuple[str, str]]) -> list[Rule]:
     name = str(file)
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except OSError as error:
-        problems.append(Problem(name, None, "", f"cannot read: {error.strerror or error}"))
+    parsed = read_toml(file)
+    if isinstance(parsed, Problem):
+        problems.append(parsed)
         return []
-    except UnicodeDecodeError as error:
-        line = file.read_bytes()[: error.start].count(b"\n") + 1
-        problems.append(Problem(name, line, "toml", "not UTF-8 text: save the file as UTF-8"))
-        return []
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        problems.append(_syntax_problem(name, text, error))
-        return []
-    lines = KeyLines(text)
+    data, lines = parsed
     values, found = validate(data, FILE, file=name, lines=lines)
     problems += found
     invalid.update((name, problem.field.split(".")[0]) for problem in found)
@@ -299,19 +287,6 @@ def _rule(
     where = {name: lines.line((*at, *name.split("."))) for name in values}
     index = at[1] if len(at) == 2 else -1
     return Rule(match, file, lines.line(at), index, fields, where)
-
-
-def _syntax_problem(file: str, text: str, error: tomllib.TOMLDecodeError) -> Problem:
-    message = str(error)
-    at = re.search(r" \(at line (\d+), column (\d+)\)$", message)
-    if at:
-        line, message = int(at[1]), f"{message[: at.start()]} (column {at[2]})"
-    else:
-        line, message = (
-            max(1, len(text.splitlines())),
-            message.replace("(at end of document)", "(at the end of the file)"),
-        )
-    return Problem(file, line, "toml", message[:1].lower() + message[1:])
 
 
 def _match_problems(rules: Sequence[Rule]) -> list[Problem]:
