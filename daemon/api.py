@@ -1,0 +1,154 @@
+"""The script service's wire protocol: versions, operations, request models and problems.
+
+Protocol history (one line per change):
+  v1  start/status/cancel/complete, health and capabilities (Tentacle's IScriptServiceV2
+      made RESTful: client-chosen tickets, wait_seconds, after/wait long-poll)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sandworker.sandbox.projects import InvalidProject, validate_project
+from sandworker.sandbox.syntaxes import SYNTAXES
+
+from .scheduler import DEFAULT_MUTEX, Isolation
+
+PROTOCOL_VERSION = 1
+OPERATIONS = {  # the registry: method, path pattern -> operation name
+    ("PUT", "/v1/scripts/{ticket}"): "start",
+    ("GET", "/v1/scripts/{ticket}"): "status",
+    ("POST", "/v1/scripts/{ticket}/cancel"): "cancel",
+    ("DELETE", "/v1/scripts/{ticket}"): "complete",
+    ("GET", "/v1/health"): "health",
+    ("GET", "/v1/capabilities"): "capabilities",
+}
+
+MAX_SCRIPT_BYTES = 512 * 1024
+MAX_ARGUMENTS, MAX_ARGUMENT_BYTES = 256, 32 * 1024
+MAX_WAIT_SECONDS = 60.0
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class Problem(Exception):
+    """An error answered as application/problem+json (RFC 9457) with an actionable detail."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+    def body(self) -> bytes:
+        doc = {"type": "about:blank", "title": self.title, "status": self.status}
+        doc.update(detail=self.detail, **self.extra)
+        return json.dumps(doc).encode() + b"\n"
+
+
+def bad_request(detail: str) -> Problem:
+    return Problem(400, "Bad Request", detail)
+
+
+def validate_name(kind: str, value: object) -> str:
+    """Ticket ids and mutex names: 1-128 of [A-Za-z0-9._-], starting alphanumeric."""
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        shown = json.dumps(value)[:80]
+        raise bad_request(
+            f"{kind} {shown} is not allowed: use 1-128 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    project: str
+    syntax: str
+    body: str
+    arguments: tuple[str, ...]
+    isolation: Isolation
+    mutex: str
+    acquire_timeout: float  # seconds; 0 waits forever
+    timeout: float | None  # seconds; None: the policy's
+    wait_seconds: float
+
+    @classmethod
+    def parse(cls, raw: bytes) -> StartRequest:
+        """Validate a start body; every complaint names the field and what is allowed."""
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad_request(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise bad_request("the body must be a JSON object")
+        known = {
+            "project",
+            "syntax",
+            "body",
+            "arguments",
+            "isolation",
+            "mutex",
+            "acquire_timeout",
+            "timeout",
+            "wait_seconds",
+        }
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise bad_request(
+                f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            project = validate_project(_get(doc, "project", str, None))
+        except InvalidProject as exc:
+            raise bad_request(str(exc)) from None
+        syntax = _get(doc, "syntax", str, "bash")
+        if syntax not in SYNTAXES:
+            raise bad_request(f"syntax {syntax!r} is unknown; known: {', '.join(SYNTAXES)}")
+        body = _get(doc, "body", str, None)
+        if len(body.encode()) > MAX_SCRIPT_BYTES:
+            raise bad_request(f"body is larger than {MAX_SCRIPT_BYTES} bytes")
+        arguments = _get(doc, "arguments", list, [])
+        if len(arguments) > MAX_ARGUMENTS or not all(isinstance(a, str) for a in arguments):
+            raise bad_request(f"arguments must be at most {MAX_ARGUMENTS} strings")
+        if sum(len(a.encode()) for a in arguments) > MAX_ARGUMENT_BYTES:
+            raise bad_request(f"arguments add up to more than {MAX_ARGUMENT_BYTES} bytes")
+        if any("\0" in a for a in (body, *arguments)):
+            raise bad_request("body and arguments may not contain NUL characters")
+        isolation = _get(doc, "isolation", str, "none")
+        if isolation not in (i.value for i in Isolation):
+            raise bad_request('isolation must be "full" (exclusive) or "none" (shared)')
+        timeout = _seconds(doc, "timeout", None, low=1)
+        return cls(
+            project=project,
+            syntax=syntax,
+            body=body,
+            arguments=tuple(arguments),
+            isolation=Isolation(isolation),
+            mutex=validate_name("mutex", _get(doc, "mutex", str, DEFAULT_MUTEX)),
+            acquire_timeout=_seconds(doc, "acquire_timeout", 0.0, low=0) or 0.0,
+            timeout=timeout,
+            wait_seconds=_seconds(doc, "wait_seconds", 0.0, low=0, high=MAX_WAIT_SECONDS) or 0.0,
+        )
+
+
+def _get(doc: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    if name not in doc:
+        if default is None:
+            raise bad_request(f"{name} is required")
+        return default
+    value = doc[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise bad_request(f"{name} must be a {'string' if kind is str else kind.__name__}")
+    return value
+
+
+def _seconds(
+    doc: dict[str, Any], name: str, default: float | None, *, low: float, high: float = 86400 * 7
+) -> float | None:
+    value = doc.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise bad_request(f"{name} must be a number of seconds from {low:g} to {high:g}")
+    return float(value)
