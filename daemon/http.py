@@ -1,0 +1,229 @@
+"""HTTP/1.1 for the script service on Twisted: routing, limits and deadlines.
+
+Twisted's web server has no request body limit and an idle timeout that each
+byte resets (notes/http-mtls.md), so this channel adds:
+
+- a total deadline from connect to the end of the first request's headers
+  (handshake plus headers), then per keep-alive request;
+- 411 for chunked bodies and 413 for bodies over the limit, answered before the
+  body is read, after which the rest of the body is drained, not read;
+- a cap on open connections (more are closed at accept).
+
+Handlers are coroutines on the service object; errors are problem+json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
+
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
+from twisted.python import log
+from twisted.web import http, resource, server
+
+from .api import Problem
+
+JSON = b"application/json"
+PROBLEM = b"application/problem+json"
+DRAIN_SECONDS = 2.0
+
+
+class _Clock(Protocol):
+    def callLater(self, delay: float, fn: Callable[..., object], /, *args: object) -> Any: ...
+
+
+clock = cast(_Clock, _reactor)
+
+
+class Identity(Protocol):
+    """Who is calling: resolved from the TLS peer certificate by the pinning layer."""
+
+    def allows(self, project: str) -> bool: ...
+
+
+Handler = Callable[[server.Request, list[str], Identity], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+def _send(request: server.Request, status: int, body: bytes, content_type: bytes) -> None:
+    if request.finished or request._disconnected:
+        return
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"cache-control", b"no-store")
+    request.write(body)
+    request.finish()
+
+
+class Router(resource.Resource):
+    """Dispatches `/v1/...` to handlers: routes map (method, first path parts) -> handler."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        routes: dict[tuple[str, str], Handler],
+        identify: Callable[[server.Request], Identity | None],
+    ) -> None:
+        super().__init__()
+        self._routes = routes
+        self._identify = identify
+
+    def render(self, request: server.Request) -> int:
+        defer.ensureDeferred(self._serve(request))
+        return server.NOT_DONE_YET
+
+    async def _serve(self, request: server.Request) -> None:
+        try:
+            identity = self._identify(request)
+            if identity is None:  # the handshake already pinned the peer: this is belt and braces
+                raise Problem(403, "Forbidden", "this client certificate is no longer trusted")
+            handler, parts = self._route(request)
+            status, body = await handler(request, parts, identity)
+            _send(request, status, json.dumps(body).encode() + b"\n", JSON)
+        except Problem as problem:
+            _send(request, problem.status, problem.body(), PROBLEM)
+        except Exception:  # a bug must not leave the client hanging
+            log.err(None, "unhandled error serving a request")
+            failure = Problem(500, "Internal Server Error", "the worker failed; see its log")
+            _send(request, 500, failure.body(), PROBLEM)
+
+    def _route(self, request: server.Request) -> tuple[Handler, list[str]]:
+        path = request.path.decode("ascii", "replace")
+        parts = [p for p in path.split("/") if p]
+        if len(parts) < 2 or parts[0] != "v1":
+            raise Problem(404, "Not Found", f"no such resource {path!r}; the API lives under /v1/")
+        method = request.method.decode("ascii", "replace")
+        shape = "/".join(["{}" if i == 2 else p for i, p in enumerate(parts[1:], 1)])
+        handler = self._routes.get((method, shape))
+        if handler is None:
+            allowed = sorted(m for m, s in self._routes if s == shape)
+            if allowed:
+                raise Problem(405, "Method Not Allowed", f"{path} takes {', '.join(allowed)}")
+            raise Problem(404, "Not Found", f"no such resource {path!r}")
+        return handler, parts[2:]
+
+
+class LimitedChannel(http.HTTPChannel):
+    """An HTTPChannel with total header deadlines and body limits (see the module doc)."""
+
+    max_body = 1 << 20
+    first_deadline = 25.0  # handshake plus headers of the first request
+    header_deadline = 15.0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._refusing = False
+        self._deadline: Any = None  # an IDelayedCall
+        self._arm(self.first_deadline)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = clock.callLater(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        transport: Any = self.transport
+        transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        self._disarm()
+        length: int | None = self.length
+        if length is None or length > self.max_body:
+            status, title, detail = (
+                (411, "Length Required", "chunked request bodies are refused; send Content-Length")
+                if length is None
+                else (
+                    413,
+                    "Content Too Large",
+                    f"the body is {self.length} bytes; this worker accepts at most {self.max_body}",
+                )
+            )
+            self._refuse(Problem(status, title, detail))
+            return
+        super().allHeadersReceived()
+
+    def _refuse(self, problem: Problem) -> None:
+        body = problem.body()
+        head = (
+            f"HTTP/1.1 {problem.status} {problem.title}\r\ncontent-type: application/problem+json"
+            f"\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self._refusing = True
+        transport: Any = self.transport
+        transport.write(head.encode() + body)
+        # Keep reading (and dropping) what the client still sends for a moment, so that it
+        # reads our answer instead of a reset; then close.
+        clock.callLater(DRAIN_SECONDS, transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not getattr(self, "_refusing", False):
+            super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refusing:  # the body of a refused request is dropped, never stored
+            super().rawDataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._refusing:
+            super().lineReceived(line)
+
+    def requestDone(self, request: http.Request) -> None:
+        super().requestDone(request)
+        if self.transport is not None and not getattr(self, "_refusing", False):
+            self._arm(self.header_deadline)  # the next request's headers, or keep-alive idle
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._disarm()
+        site = getattr(self, "site", None)
+        if isinstance(site, CappedSite):
+            site.open_connections -= 1
+        super().connectionLost(reason)
+
+
+class CappedSite(server.Site):
+    """A Site that refuses connections beyond `max_connections` at accept time."""
+
+    def __init__(self, root: resource.Resource, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refused_connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open_connections >= self.max_connections:
+            self.refused_connections += 1
+            return None
+        channel = super().buildProtocol(addr)
+        channel.site = self  # a plain channel (no HTTP/2 wrapper), so set what the wrapper would
+        self.open_connections += 1
+        return channel
+
+
+def make_site(
+    root: resource.Resource,
+    *,
+    max_connections: int,
+    max_body: int,
+    first_deadline: float,
+    header_deadline: float,
+) -> CappedSite:
+    channel = type(
+        "ConfiguredChannel",
+        (LimitedChannel,),
+        {
+            "max_body": max_body,
+            "first_deadline": first_deadline,
+            "header_deadline": header_deadline,
+        },
+    )
+    site = CappedSite(root, max_connections, timeout=first_deadline)
+    site.protocol = channel  # type: ignore[method-assign]
+    site.displayTracebacks = False
+    return site
