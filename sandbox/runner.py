@@ -330,19 +330,37 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 @dataclass
-class _Escalation:
-    """Timeout or cancel -> TERM; after the grace -> KILL (repeated); then a backup deadline."""
+class Supervision:
+    """The rules of a running script, independent of who waits on its descriptors.
+
+    The blocking loop below and the daemon's reactor both drive one of these:
+    `output()` for each chunk read, `tick()` every ~50 ms, `exited()` once the
+    launcher's pidfd is readable. TERM on timeout or cancel, KILL after the grace
+    period (repeated), then a backup deadline; output beyond the limit is cut
+    and kills the run.
+    """
 
     running: Running
-    deadline: float
+    zygote: Zygote
+    printed: int = 0
     kill_at: float | None = None
     give_up_at: float | None = None
 
-    def tick(self, now: float, cancelled: bool) -> bool:
-        """Act on the clock; True when waiting any longer for the exit is pointless."""
+    def output(self, data: bytes) -> bytes:
+        """What of `data` may be kept; going over the limit kills the whole run."""
+        limit = self.running.policy.limits.output_bytes
+        kept = data[: max(limit - self.printed, 0)]
+        self.printed += len(data)
+        if self.printed > limit and self.running.ended_by is None:
+            self.running.kill(Reason.OUTPUT)
+        return kept
+
+    def tick(self, now: float, cancelled: bool) -> int | None:
+        """Act on the clock; a raw wait status when waiting any longer is pointless."""
         running = self.running
-        if running.ended_by is None and (now >= self.deadline or cancelled):
-            running.terminate(Reason.TIMEOUT if now >= self.deadline else Reason.CANCELLED)
+        timed_out = now >= running.started + running.policy.timeout_seconds
+        if running.ended_by is None and (timed_out or cancelled):
+            running.terminate(Reason.TIMEOUT if timed_out else Reason.CANCELLED)
             self.kill_at = now + running.policy.kill_grace_seconds
         if self.kill_at is not None and now >= self.kill_at:
             running.kill()
@@ -353,17 +371,24 @@ class _Escalation:
                 f"launcher pid {running.pid} did not exit {BACKUP_DEADLINE:.0f}s after"
                 " SIGKILL; outcome recorded without its exit status"
             )
-            return True
-        return False
+            return signal.SIGKILL  # unkillable (stuck in the kernel): a definite outcome
+        if not self.zygote.alive():
+            raise ZygoteError("the launcher zygote died while the script ran")
+        return None
+
+    def exited(self) -> int:
+        """The launcher ended: kill anything left in the run's groups; its raw wait status."""
+        raw = self.zygote.status(self.running.pid)
+        if self.running.group is not None:
+            self.running.group.kill()
+        return raw
 
 
 def _supervise(
     running: Running, sink: OutputSink, cancel: Callable[[], bool], zygote: Zygote
 ) -> int:
     """Pump output, enforce timeout, output limit and cancel; return the raw wait status."""
-    limit = running.policy.limits.output_bytes
-    escalation = _Escalation(running, running.started + running.policy.timeout_seconds)
-    printed = 0
+    rules = Supervision(running, zygote)
     sel = selectors.DefaultSelector()
     sel.register(running.stdout, selectors.EVENT_READ, "stdout")
     sel.register(running.stderr, selectors.EVENT_READ, "stderr")
@@ -372,26 +397,19 @@ def _supervise(
     drain_until = 0.0
     try:
         while raw is None or (sel.get_map() and time.monotonic() < drain_until):
-            if raw is None and escalation.tick(time.monotonic(), cancel()):
-                return signal.SIGKILL  # unkillable (stuck in the kernel): a definite outcome
-            if raw is None and not zygote.alive():
-                raise ZygoteError("the launcher zygote died while the script ran")
+            if raw is None and (given_up := rules.tick(time.monotonic(), cancel())) is not None:
+                return given_up
             for key, _ in sel.select(timeout=0.05):
                 if key.data == "exit":
-                    raw = zygote.status(running.pid)
+                    raw = rules.exited()
                     sel.unregister(running.pidfd)
-                    if running.group is not None:
-                        running.group.kill()  # the launcher is gone: nothing else may stay
                     drain_until = time.monotonic() + 2.0
                     continue
                 data = os.read(key.fd, 65536)
                 if not data:
                     sel.unregister(key.fd)
                     continue
-                sink(key.data, data[: max(limit - printed, 0)])
-                printed += len(data)
-                if printed > limit and running.ended_by is None:
-                    running.kill(Reason.OUTPUT)
+                sink(key.data, rules.output(data))
     finally:
         sel.close()
     return raw
