@@ -111,14 +111,12 @@ class ScriptGroup:
         group = cls(dirs)
         try:
             if hierarchy.v2 is not None:
-                dirs[V2] = hierarchy.v2 / name
-                dirs[V2].mkdir(mode=0o755)
+                dirs[V2] = _fresh(hierarchy.v2 / name)
                 if hierarchy.v2_controllers:
                     group._limit_v2(limits, hierarchy.v2_controllers, want)
             for controller, base in hierarchy.v1.items():
                 if _layer_of(controller) in want:
-                    dirs[controller] = base / name
-                    dirs[controller].mkdir(mode=0o755)
+                    dirs[controller] = _fresh(base / name)
             group._limit_v1(limits)
         except BaseException:
             group.remove()
@@ -229,6 +227,18 @@ def _enable_for_children(group: Path) -> frozenset[str]:
         with contextlib.suppress(OSError):
             (group / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
     return frozenset(wanted & _read_words(group / "cgroup.subtree_control"))
+
+
+def _fresh(path: Path) -> Path:
+    """Create a run's group; an empty one left by a crashed supervisor is replaced."""
+    try:
+        path.mkdir(mode=0o755)
+    except FileExistsError:
+        if (path / "cgroup.procs").read_text().split():
+            raise OSError(errno.EEXIST, f"cgroup {path} exists and still has processes") from None
+        path.rmdir()
+        path.mkdir(mode=0o755)
+    return path
 
 
 def kernel_at_least(major: int, minor: int) -> bool:

@@ -404,7 +404,10 @@ def serve() -> None:
                     break
             _reap(sock, children)
         if sock.fileno() in ready:
-            data, ancdata, _flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * 8))
+            try:
+                data, ancdata, _flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * 8))
+            except ConnectionResetError:
+                data, ancdata = b"", []
             if not data:
                 for pid in children:
                     os.kill(pid, signal.SIGKILL)

@@ -108,13 +108,7 @@ class Running:
                 chunks.append(chunk)
         finally:
             os.close(self.status)
-        if not chunks:
-            return None
-        try:
-            report = json.loads(b"".join(chunks).splitlines()[0])
-            return f"{report['layer']}: {report['error']}"
-        except (ValueError, KeyError, IndexError):
-            return b"".join(chunks).decode(errors="replace").strip()
+        return setup_report(b"".join(chunks))
 
     def terminate(self, reason: Reason) -> None:
         """Ask the whole tree to stop (TERM); `kill()` follows after the grace period."""
@@ -151,6 +145,17 @@ class Running:
         outcome.duration_seconds = duration
         outcome.limit_hits = hits
         return outcome
+
+
+def setup_report(data: bytes) -> str | None:
+    """What the launcher wrote on its status pipe before EOF: None means exec succeeded."""
+    if not data:
+        return None
+    try:
+        report = json.loads(data.splitlines()[0])
+        return f"{report['layer']}: {report['error']}"
+    except (ValueError, KeyError, IndexError):
+        return data.decode(errors="replace").strip()
 
 
 def _describe(
