@@ -19,7 +19,7 @@ from sandworker.sandbox.runner import Outcome, Reason, Request, Sandbox
 from sandworker.sandbox.settings import DEFAULT_INTERPRETERS, SandboxSettings, default_state_dir
 from sandworker.sandbox.syntaxes import SYNTAXES
 
-from . import cli_policy
+from . import cli_certs, cli_policy
 
 # Exit codes of `sandbox run` when the script did not simply exit (documented in --help).
 EXIT_REFUSED, EXIT_SETUP, EXIT_TIMEOUT = 3, 125, 124
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs="*", default=[], help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_sandbox_run, argv=None)
     cli_policy.register(sub)
+    cli_certs.register(sub)
     return parser
 
 
