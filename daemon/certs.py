@@ -22,7 +22,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sandworker.sandbox.atomic import write_atomic
 
-CERT_NAME, KEY_NAME = "worker.crt", "worker.key"
 VALIDITY = datetime.timedelta(days=20 * 365)  # pinning, not expiry, is what protects us
 RSA_BITS = 3072
 _BACKDATE = datetime.timedelta(days=1)  # tolerate a peer whose clock runs a little behind

@@ -6,21 +6,15 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .certs import (
-    CERT_NAME,
-    KEY_NAME,
-    CertificateError,
-    CertPrints,
-    InvalidThumbprint,
-    Thumbprint,
-    certificate_prints,
-    parse_thumbprint,
-    write_pair,
-)
-from .trust import TRUST_NAME, TrustError, TrustStore
+from .home import CERT_NAME, DEFAULT_HOME, KEY_NAME, TRUST_NAME
 
-DEFAULT_HOME = Path("/etc/sandworker")
+if TYPE_CHECKING:
+    from .certs import CertPrints, Thumbprint
+
+# The handlers import the TLS stack (cryptography) when they run, not when the
+# CLI starts: `sandbox run`, `doctor` and `policy` must not need it.
 
 
 def _fail(message: str) -> int:
@@ -39,6 +33,8 @@ def _home(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_new_certificate(args: argparse.Namespace) -> int:
+    from .certs import CertificateError, write_pair  # noqa: PLC0415 - see above
+
     home: Path = args.home
     try:
         prints = write_pair(
@@ -60,6 +56,8 @@ def cmd_new_certificate(args: argparse.Namespace) -> int:
 
 
 def cmd_show_thumbprint(args: argparse.Namespace) -> int:
+    from .certs import CertificateError, certificate_prints  # noqa: PLC0415
+
     try:
         prints = certificate_prints(args.home / CERT_NAME)
     except CertificateError as exc:
@@ -70,12 +68,17 @@ def cmd_show_thumbprint(args: argparse.Namespace) -> int:
 
 def _key(text: str) -> Thumbprint | CertPrints:
     """A thumbprint, or a PEM certificate file (then both forms are known)."""
+    from .certs import certificate_prints, parse_thumbprint  # noqa: PLC0415
+
     if Path(text).is_file():
         return certificate_prints(Path(text))
     return parse_thumbprint(text)
 
 
 def cmd_trust_add(args: argparse.Namespace) -> int:
+    from .certs import CertificateError, InvalidThumbprint  # noqa: PLC0415
+    from .trust import TrustError, TrustStore  # noqa: PLC0415
+
     try:
         entry, changed = TrustStore(args.home / TRUST_NAME).add(
             _key(args.thumbprint), args.projects
@@ -87,6 +90,9 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_remove(args: argparse.Namespace) -> int:
+    from .certs import CertificateError, InvalidThumbprint  # noqa: PLC0415
+    from .trust import TrustError, TrustStore  # noqa: PLC0415
+
     try:
         removed = TrustStore(args.home / TRUST_NAME).remove(_key(args.thumbprint))
     except (InvalidThumbprint, CertificateError, TrustError) as exc:
@@ -97,6 +103,8 @@ def cmd_trust_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_list(args: argparse.Namespace) -> int:
+    from .trust import TrustError, TrustStore  # noqa: PLC0415
+
     try:
         entries = TrustStore(args.home / TRUST_NAME).entries()
     except TrustError as exc:

@@ -28,7 +28,6 @@ from sandworker.sandbox.atomic import write_atomic
 
 from .certs import Algorithm, CertPrints, InvalidThumbprint, Thumbprint, parse_thumbprint
 
-TRUST_NAME = "trust.toml"
 _GLOB = re.compile(r"[A-Za-z0-9._*?-]{1,64}")
 _HEADER = (
     "# Trusted client certificates: managed with `sandworker trust add|remove|list`.\n"
