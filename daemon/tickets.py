@@ -1,0 +1,552 @@
+"""Durable tickets: one directory per accepted script, which a restarted daemon answers for.
+
+Layout, all root's and private (directories 0700, files 0600):
+
+    <state>/tickets/<id in lower case>/
+        request.json   the accepted start request, written before the ticket is acknowledged
+        state.json     the state record, replaced atomically at every transition
+        log.jsonl      the numbered output lines (see ticketlog.py for the fsync guarantee)
+
+Ticket ids are chosen by the client and compared case-insensitively, as Tentacle does.
+Every file is reached through the tickets directory's descriptor with O_NOFOLLOW.
+
+Exit codes: the script's own when it ended by itself (128 + signal number when a signal
+ended it), otherwise one of Tentacle's reserved codes; see `exit_code_for`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import re
+import signal
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sandworker.sandbox.atomic import write_atomic
+from sandworker.sandbox.runner import Outcome, Reason
+
+from .ticketlog import LOG_FILE, LineFramer, LogLine, Source, TicketLog, rfc3339, split_long
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Tentacle's reserved exit codes (ScriptExitCodes.cs).
+FATAL = -41
+CANCELLED = -43
+TIMEOUT = -44
+UNKNOWN_TICKET = -45
+RESULT_LOST = -46
+
+DEFAULT_PURGE_AGE = 24 * 3600.0
+LOST_MESSAGE = "result lost: the supervisor stopped while the script ran"
+REQUEST_FILE, STATE_FILE = "request.json", "state.json"
+_TICKET_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class TicketError(Exception):
+    """Base of every error this module raises."""
+
+
+class InvalidTicketId(TicketError, ValueError):
+    pass
+
+
+class InvalidTransition(TicketError):
+    pass
+
+
+class TicketStoreError(TicketError):
+    """A ticket could not be persisted or read; the message names the ticket and the cause."""
+
+
+def ticket_key(ticket_id: object) -> str:
+    """The normalised (lower-case) form of a valid ticket id, which names its directory."""
+    if (
+        not isinstance(ticket_id, str)
+        or _TICKET_ID.fullmatch(ticket_id) is None
+        or not ticket_id.strip(".")
+    ):
+        shown = json.dumps(ticket_id, default=repr)[:80]
+        raise InvalidTicketId(
+            f"ticket id {shown} is not allowed: use 1-128 letters, digits, '.', '_' or '-',"
+            " not only dots"
+        )
+    return ticket_id.lower()
+
+
+class State(enum.StrEnum):
+    """Tentacle's ProcessState. Metric labels and audit events use these values."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+
+    def check(self, target: State) -> None:
+        if target not in _TRANSITIONS[self]:
+            raise InvalidTransition(f"a ticket cannot go from {self} to {target}")
+
+
+_TRANSITIONS = {
+    State.PENDING: {State.RUNNING, State.COMPLETE},  # complete: refused or cancelled before start
+    State.RUNNING: {State.COMPLETE},
+    State.COMPLETE: set(),
+}
+
+# Reasons the worker ended or never started the script: Tentacle's "fatal". A limit kill is
+# the worker's enforcement, not the script's exit, so it is -41 too (never 128 + SIGKILL,
+# which would look as if the script died by itself); the reason and message tell which limit.
+_RESERVED = {
+    Reason.TIMEOUT: TIMEOUT,
+    Reason.CANCELLED: CANCELLED,
+    Reason.REFUSED: FATAL,
+    Reason.SETUP_FAILED: FATAL,
+    Reason.LOST: FATAL,
+    Reason.MEMORY: FATAL,
+    Reason.OUTPUT: FATAL,
+    Reason.CPU: FATAL,
+    Reason.FILE_SIZE: FATAL,
+}
+
+
+def exit_code_for(outcome: Outcome) -> int:
+    """Exited: the script's own code, or 128 + signal number. Otherwise a reserved code."""
+    if outcome.reason is not Reason.EXITED:
+        return _RESERVED[outcome.reason]
+    if outcome.exit_code is not None:
+        return outcome.exit_code
+    if outcome.signal is not None:
+        return 128 + signal.Signals[outcome.signal].value
+    return FATAL
+
+
+@dataclass(frozen=True)
+class TicketRecord:
+    """What state.json holds. Times are Unix seconds in memory, RFC 3339 on disk."""
+
+    id: str
+    state: State
+    created: float
+    started: float | None = None
+    completed: float | None = None
+    client_completed: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str = ""
+    log_lines: int = 0
+    worker: str | None = None  # reserved for the external-worker proxy
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in _TIMES:
+            doc[name] = None if doc[name] is None else rfc3339(doc[name])
+        return json.dumps(doc, indent=1).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TicketRecord:
+        """Parse state.json; ValueError says what is wrong."""
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or set(doc) != set(cls.__dataclass_fields__):
+            raise ValueError("not a ticket state record (missing or unknown fields)")
+        for name in _TIMES:
+            if doc[name] is not None:
+                doc[name] = datetime.fromisoformat(doc[name]).timestamp()
+        record = cls(**doc)
+        ticket_key(record.id)
+        if not isinstance(record.created, float) or not isinstance(record.log_lines, int):
+            raise ValueError("created or log_lines has the wrong type")
+        return replace(record, state=State(record.state))
+
+
+_TIMES = ("created", "started", "completed", "client_completed")
+
+
+@dataclass
+class TicketDir:
+    """One ticket's directory, reached through the tickets directory's descriptor."""
+
+    parent_fd: int
+    key: str
+    path: Path
+
+    def open(self, name: str, flags: int, mode: int = 0o600) -> int:
+        dir_fd = os.open(self.key, _DIR_FLAGS, dir_fd=self.parent_fd)
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def check_private(self, *, fix: bool = False) -> None:
+        fd = os.open(self.key, _DIR_FLAGS, dir_fd=self.parent_fd)
+        try:
+            _check_private(fd, self.path, fix=fix)
+        finally:
+            os.close(fd)
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            fd = self.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as file:
+            return file.read()
+
+    def write(self, name: str, data: bytes) -> None:
+        write_atomic(self.path / name, data)
+
+
+class Ticket:
+    """One accepted script: its request, state record and log. Every change is persisted
+    first and applied in memory after, so a failed write leaves the ticket as it was."""
+
+    def __init__(
+        self, where: TicketDir, record: TicketRecord, request: dict[str, Any], log: TicketLog
+    ) -> None:
+        self._dir, self._record, self.request, self._log = where, record, request, log
+        self._framers = {Source.STDOUT: LineFramer(), Source.STDERR: LineFramer()}
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def record(self) -> TicketRecord:
+        return self._record
+
+    @property
+    def state(self) -> State:
+        return self._record.state
+
+    @property
+    def complete(self) -> bool:
+        return self._record.state is State.COMPLETE
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._record.exit_code
+
+    @property
+    def message(self) -> str:
+        return self._record.message
+
+    @property
+    def project(self) -> str:
+        return str(self.request.get("project", ""))
+
+    @property
+    def next_seq(self) -> int:
+        return self._log.count
+
+    def running(self) -> None:
+        self._commit(self._moved(State.RUNNING, started=self._log_clock()))
+
+    def finish(self, exit_code: int, reason: str, message: str) -> None:
+        """Flush unfinished lines, fsync the log, then record the final state."""
+        target = self._moved(State.COMPLETE)
+        for source, framer in self._framers.items():
+            self._append(source, framer.flush())
+        self._persist(self._log.sync)
+        self._commit(
+            replace(
+                target,
+                completed=self._log_clock(),
+                exit_code=exit_code,
+                reason=reason,
+                message=message,
+                log_lines=self._log.count,
+            )
+        )
+        self.close()
+
+    def finish_outcome(self, outcome: Outcome) -> None:
+        self.finish(exit_code_for(outcome), str(outcome.reason), outcome.message)
+
+    def output(self, source: str, data: bytes) -> None:
+        """Raw bytes from the script's stdout or stderr pipe."""
+        pipe = Source(source)
+        if pipe is Source.DEBUG:
+            raise ValueError("script output comes from stdout or stderr, never debug")
+        self._append(pipe, self._framers[pipe].feed(data))
+
+    def debug(self, text: str) -> None:
+        """The daemon's own remark, shown to the client as a debug line."""
+        self._append(
+            Source.DEBUG, [piece for line in text.split("\n") for piece in split_long(line)]
+        )
+
+    def read_after(self, after: int, limit: int) -> list[LogLine]:
+        return self._persist(lambda: self._log.read_after(after, limit), "read")
+
+    def sync(self) -> None:
+        self._persist(self._log.sync)
+
+    def close(self) -> None:
+        """Fsync and release the log's descriptor (done by `finish`, or at shutdown)."""
+        self._persist(self._log.close)
+
+    def mark_completed_by_client(self) -> None:
+        if not self.complete:
+            raise InvalidTransition(f"ticket {self.id} is still {self.state}; cancel it first")
+        if self._record.client_completed is None:
+            self._commit(replace(self._record, client_completed=self._log_clock()))
+
+    def adopt(self, record: TicketRecord) -> None:
+        """Take a record in memory only (recovery, when the disk refuses it)."""
+        self._record = record
+
+    def _moved(self, target: State, **changes: Any) -> TicketRecord:
+        try:
+            self._record.state.check(target)
+        except InvalidTransition as exc:
+            raise InvalidTransition(f"ticket {self.id}: {exc}") from None
+        return replace(self._record, state=target, **changes)
+
+    def _append(self, source: Source, texts: list[str]) -> None:
+        if self.complete:
+            raise InvalidTransition(f"ticket {self.id} is complete; its log is closed")
+        if texts:
+            self._persist(lambda: self._log.append(source, texts))
+
+    def _commit(self, record: TicketRecord) -> None:
+        self._persist(lambda: self._dir.write(STATE_FILE, record.to_json()))
+        self._record = record
+
+    def _persist(self, action: Callable[[], _T], verb: str = "persist") -> _T:
+        try:
+            return action()
+        except OSError as exc:
+            raise store_error(self.id, self._dir.path.parent.parent, exc, verb) from exc
+
+    def _log_clock(self) -> float:
+        return self._log.clock()
+
+
+def store_error(
+    ticket_id: str, state_dir: Path, exc: OSError, verb: str = "persist"
+) -> TicketStoreError:
+    cause = exc.strerror or str(exc)
+    return TicketStoreError(f"cannot {verb} ticket {ticket_id}: {cause} (state dir {state_dir})")
+
+
+@dataclass
+class Recovery:
+    """What `TicketStore.recover` found, for the daemon's log."""
+
+    restored: list[str] = field(default_factory=list)  # ids, as recorded
+    lost: list[str] = field(default_factory=list)  # ids now complete with RESULT_LOST
+    problems: list[str] = field(default_factory=list)
+
+
+class TicketStore:
+    """Every ticket under `<state_dir>/tickets`, in memory and on disk."""
+
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.state_dir, self.tickets_dir, self._clock = state_dir, state_dir / "tickets", clock
+        self._tickets: dict[str, Ticket] = {}
+        try:
+            self.tickets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(self.tickets_dir, _DIR_FLAGS)
+        except OSError as exc:
+            raise TicketStoreError(f"cannot open the ticket store: {exc}") from exc
+        try:
+            _check_private(self._fd, self.tickets_dir)
+        except TicketStoreError:
+            os.close(self._fd)
+            raise
+
+    def create(self, ticket_id: str, request: Mapping[str, Any]) -> tuple[Ticket, bool]:
+        """Persist a new ticket (pending) before it is acknowledged; `(ticket, is_new)`.
+
+        An id already known (case-insensitively) returns that ticket and False."""
+        key = ticket_key(ticket_id)
+        if (existing := self._tickets.get(key)) is not None:
+            return existing, False
+        body = json.dumps(dict(request), indent=1, sort_keys=True).encode() + b"\n"
+        where = TicketDir(self._fd, key, self.tickets_dir / key)
+        try:
+            os.mkdir(key, 0o700, dir_fd=self._fd)
+        except FileExistsError:
+            raise TicketStoreError(
+                f"ticket {ticket_id} has a directory in {self.tickets_dir} that this store has"
+                " not loaded: run recover() before accepting tickets"
+            ) from None
+        except OSError as exc:
+            raise store_error(ticket_id, self.state_dir, exc) from exc
+        try:
+            where.check_private(fix=True)
+            where.write(REQUEST_FILE, body)
+            record = TicketRecord(id=ticket_id, state=State.PENDING, created=self._clock())
+            where.write(STATE_FILE, record.to_json())
+            ticket_log = TicketLog.open(_opener(where), self._clock, keep_open=True)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._remove(key)
+            raise store_error(ticket_id, self.state_dir, exc) from exc
+        ticket = self._tickets[key] = Ticket(where, record, dict(request), ticket_log)
+        return ticket, True
+
+    def get(self, ticket_id: str) -> Ticket | None:
+        return self._tickets.get(ticket_key(ticket_id))
+
+    def complete(self, ticket_id: str) -> Ticket:
+        """The client's complete call: the ticket's record stays, marked as collected."""
+        ticket = self.get(ticket_id)
+        if ticket is None:
+            raise TicketError(f"unknown ticket {ticket_id}")
+        ticket.mark_completed_by_client()
+        return ticket
+
+    def all(self) -> list[Ticket]:
+        return sorted(self._tickets.values(), key=lambda ticket: ticket.record.created)
+
+    def sync(self) -> None:
+        """Fsync every live log with unsynced lines (the daemon calls it on a timer)."""
+        for ticket in self._tickets.values():
+            if not ticket.complete:
+                ticket.sync()
+
+    def purge(self, older_than: float = DEFAULT_PURGE_AGE) -> list[Ticket]:
+        """Remove tickets complete for `older_than` seconds that no client completed."""
+        cutoff = self._clock() - older_than
+        purged = []
+        for key, ticket in list(self._tickets.items()):
+            record = ticket.record
+            if record.completed is None or record.client_completed is not None:
+                continue
+            if record.completed <= cutoff:
+                try:
+                    self._remove(key, strict=True)
+                except OSError as exc:
+                    log.warning("cannot purge ticket %s: %s", ticket.id, exc)
+                    continue
+                del self._tickets[key]
+                purged.append(ticket)
+        return purged
+
+    def recover(self) -> Recovery:
+        """Load every ticket on disk; ones a crash left unfinished become RESULT_LOST."""
+        found = Recovery()
+        for name in sorted(os.listdir(self._fd)):
+            if name in self._tickets:
+                continue
+            try:
+                problem = self._load(name, found)
+            except (OSError, TicketStoreError) as exc:
+                problem = f"cannot recover ticket directory {name}: {exc}"
+            if problem:
+                found.problems.append(problem)
+                log.warning("%s", problem)
+        return found
+
+    def close(self) -> None:
+        """Fsync and release every descriptor; closing twice is harmless."""
+        if self._fd < 0:
+            return
+        for ticket in self._tickets.values():
+            ticket.close()
+        os.close(self._fd)
+        self._fd = -1
+
+    def _load(self, name: str, found: Recovery) -> str | None:
+        if _TICKET_ID.fullmatch(name) is None or name != name.lower() or not name.strip("."):
+            return f"{self.tickets_dir / name}: not a ticket directory name; left alone"
+        info = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{self.tickets_dir / name}: not a directory; left alone"
+        where = TicketDir(self._fd, name, self.tickets_dir / name)
+        where.check_private()
+        raw_request = where.read(REQUEST_FILE)
+        if raw_request is None:
+            self._remove(name)
+            return f"ticket {name} has no {REQUEST_FILE} (never acknowledged): removed"
+        request, problem = _parse_request(raw_request)
+        record, corrupt = self._load_record(where, info.st_mtime)
+        lost = corrupt is not None or record.state is not State.COMPLETE
+        ticket_log = TicketLog.open(_opener(where), self._clock, keep_open=lost)
+        if ticket_log.dropped_bytes:
+            found.problems.append(
+                f"ticket {name}: cut {ticket_log.dropped_bytes} bytes of a torn last line"
+                f" off {where.path / LOG_FILE}"
+            )
+        ticket = self._tickets[name] = Ticket(where, record, request, ticket_log)
+        found.restored.append(ticket.id)
+        if lost:
+            found.lost.append(ticket.id)
+            self._mark_lost(ticket, corrupt or LOST_MESSAGE, found)
+        return f"ticket {name}: {problem}" if problem else corrupt
+
+    def _load_record(self, where: TicketDir, mtime: float) -> tuple[TicketRecord, str | None]:
+        """The record (a running stand-in if corrupt), and what is corrupt about it."""
+        raw = where.read(STATE_FILE)
+        try:
+            if raw is None:
+                raise ValueError(f"{STATE_FILE} is missing")
+            record = TicketRecord.from_json(raw)
+            if ticket_key(record.id) != where.key:
+                raise ValueError(f"it names ticket {record.id}")
+        except (ValueError, TypeError) as exc:
+            why = f"result lost: {where.path / STATE_FILE} is corrupt ({exc})"
+            return TicketRecord(id=where.key, state=State.RUNNING, created=mtime), why
+        return record, None
+
+    def _mark_lost(self, ticket: Ticket, message: str, found: Recovery) -> None:
+        try:
+            ticket.debug(message)
+            ticket.finish(RESULT_LOST, str(Reason.LOST), message)
+        except TicketStoreError as exc:
+            found.problems.append(f"{exc}; it answers {RESULT_LOST} until the next restart")
+            ticket.adopt(
+                replace(ticket.record, state=State.COMPLETE, completed=self._clock(),
+                        exit_code=RESULT_LOST, reason=str(Reason.LOST), message=message)
+            )  # fmt: skip
+            ticket.close()
+
+    def _remove(self, key: str, *, strict: bool = False) -> None:
+        """Unlink a ticket's files (request.json first, so a half-removed ticket is never
+        resurrected), then its directory. Never recursive: a subdirectory is an error."""
+        try:
+            dir_fd = os.open(key, _DIR_FLAGS, dir_fd=self._fd)
+            try:
+                names = sorted(os.listdir(dir_fd), key=lambda name: name != REQUEST_FILE)
+                for name in names:
+                    os.unlink(name, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+            os.rmdir(key, dir_fd=self._fd)
+        except OSError:
+            if strict:
+                raise
+
+
+def _opener(where: TicketDir) -> Callable[[int], int]:
+    return lambda flags: where.open(LOG_FILE, flags)
+
+
+def _parse_request(raw: bytes) -> tuple[dict[str, Any], str | None]:
+    try:
+        request = json.loads(raw)
+    except ValueError as exc:
+        return {}, f"{REQUEST_FILE} is corrupt: {exc}"
+    if not isinstance(request, dict):
+        return {}, f"{REQUEST_FILE} is not a JSON object"
+    return request, None
+
+
+def _check_private(fd: int, path: Path, *, fix: bool = False) -> None:
+    """A directory of ours that nobody else may write; `fix` sets 0700 on a new one."""
+    if fix:
+        os.fchmod(fd, 0o700)
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise TicketStoreError(
+            f"{path} must be owned by uid {os.geteuid()} and writable by nobody else"
+            f" (it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})"
+        )
