@@ -20,6 +20,7 @@ from sandworker.sandbox.settings import DEFAULT_INTERPRETERS, SandboxSettings, d
 from sandworker.sandbox.syntaxes import SYNTAXES
 
 from . import cli_certs, cli_policy
+from .config import DEFAULT_CONFIG
 
 # Exit codes of `sandbox run` when the script did not simply exit (documented in --help).
 EXIT_REFUSED, EXIT_SETUP, EXIT_TIMEOUT = 3, 125, 124
@@ -132,6 +133,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import cmd_serve  # noqa: PLC0415 - Twisted and TLS load only for the daemon
+
+    return cmd_serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandworker", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sandworker {__version__}")
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_sandbox_run, argv=None)
     cli_policy.register(sub)
     cli_certs.register(sub)
+    serve = sub.add_parser("serve", help="run the worker daemon in the foreground")
+    serve.add_argument("--config", default=str(DEFAULT_CONFIG), help="configuration file")
+    serve.set_defaults(func=_serve)
     return parser
 
 

@@ -98,6 +98,19 @@ class ScriptDriver:
         self.cancelled = True
         self._tick()
 
+    def stop_now(self) -> None:
+        """Kill the run and finish it synchronously (the reactor is going away)."""
+        if self._finished:
+            return
+        self.running.kill(Reason.CANCELLED)
+        if self._raw is None:
+            try:
+                self._raw = self.rules.exited()
+            except ZygoteError as exc:
+                self._lost(exc)
+                return
+        self._finish()
+
     def _stop_reading(self, fd: int) -> None:
         reader = self._readers.pop(fd, None)
         if reader is not None:

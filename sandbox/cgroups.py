@@ -229,6 +229,30 @@ def _enable_for_children(group: Path) -> frozenset[str]:
     return frozenset(wanted & _read_words(group / "cgroup.subtree_control"))
 
 
+def sweep(hierarchy: Hierarchy) -> list[str]:
+    """Kill and remove every run group left below ours (a supervisor that crashed left them).
+
+    Call once at start-up, before any script runs: every `sandworker-*` group below this
+    process's own groups belongs to a run that no supervisor watches any more.
+    """
+    bases = [b for b in (hierarchy.v2, *hierarchy.v1.values()) if b is not None]
+    names = sorted({p.name for base in bases for p in base.glob(PREFIX + "*") if p.is_dir()})
+    for name in names:
+        group = ScriptGroup(
+            {key: base / name for key, base in _named(hierarchy).items() if (base / name).is_dir()}
+        )
+        group.kill()
+        group.remove()
+    return names
+
+
+def _named(hierarchy: Hierarchy) -> dict[str, Path]:
+    found = dict(hierarchy.v1)
+    if hierarchy.v2 is not None:
+        found[V2] = hierarchy.v2
+    return found
+
+
 def _fresh(path: Path) -> Path:
     """Create a run's group; an empty one left by a crashed supervisor is replaced."""
     try:

@@ -1,0 +1,305 @@
+"""The script service: start, status (long-poll), cancel and complete, Tentacle-style.
+
+It ties the pieces together on the reactor thread: validated requests
+(api.py) are authorised against the caller's trust entry, resolved against
+policy, persisted as tickets before they are acknowledged, admitted by the
+scheduler, run by the sandbox through the reactor driver, and their output is
+framed into numbered log lines as it arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.web import server
+
+from sandworker import __version__
+from sandworker.sandbox.layers import Layer
+from sandworker.sandbox.plan import Refused
+from sandworker.sandbox.policy import PolicyDenied, PolicySet
+from sandworker.sandbox.runner import Outcome, Request, Sandbox
+from sandworker.sandbox.syntaxes import SYNTAXES
+
+from .api import PROTOCOL_VERSION, Problem, StartRequest, validate_name
+from .driver import ScriptDriver, reactor
+from .http import Handler, Identity
+from .scheduler import Scheduler
+from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, TicketStore, ticket_key
+
+MAX_LINES_PER_STATUS = 10_000
+
+
+class ScriptService:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        policies: Callable[[], PolicySet],
+        store: TicketStore,
+        scheduler: Scheduler,
+    ) -> None:
+        self.sandbox, self.policies, self.store, self.scheduler = (
+            sandbox,
+            policies,
+            store,
+            scheduler,
+        )
+        self._drivers: dict[str, ScriptDriver] = {}
+        self._queued: dict[str, tuple[StartRequest, Ticket]] = {}
+        self._waiters: dict[str, list[defer.Deferred[None]]] = {}
+        self._timer: Any = None
+        self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("PUT", "scripts/{}"): self.start,
+            ("GET", "scripts/{}"): self.status,
+            ("POST", "scripts/{}/cancel"): self.cancel,
+            ("DELETE", "scripts/{}"): self.complete,
+            ("GET", "health"): self.health,
+            ("GET", "capabilities"): self.capabilities,
+        }
+
+    # --- the operations -------------------------------------------------------------------
+
+    async def start(
+        self, request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, dict[str, Any]]:
+        ticket_id = validate_name("ticket", parts[0])
+        start = StartRequest.parse(request.content.read() if request.content else b"")
+        self._authorise(who, start.project)
+        existing = self.store.get(ticket_id)
+        if existing is not None:  # idempotent: a repeated start only reports
+            if existing.project != start.project:
+                raise Problem(
+                    409, "Conflict", f"ticket {ticket_id} already exists for another project"
+                )
+            return 200, self._status_body(existing, after=-1)
+        try:
+            policy = self.policies().resolve(start.project)
+        except PolicyDenied as exc:
+            raise Problem(403, "Forbidden", str(exc)) from None
+        if start.syntax not in policy.syntaxes:
+            raise Problem(
+                403,
+                "Forbidden",
+                f"syntax {start.syntax!r} is not allowed for project"
+                f" {start.project} (allowed: {', '.join(policy.syntaxes)})",
+            )
+        ticket, _new = self.store.create(ticket_id, dataclasses.asdict(start))
+        self._queued[ticket.id] = (start, ticket)
+        self.scheduler.submit(
+            ticket.id,
+            start.project,
+            policy.concurrency,
+            time.monotonic(),
+            isolation=start.isolation,
+            mutex=start.mutex,
+            acquire_timeout=start.acquire_timeout,
+        )
+        self._admit()
+        if start.wait_seconds > 0 and not ticket.complete:
+            await self._wait(ticket.id, start.wait_seconds, until_complete=True)
+        return 201, self._status_body(ticket, after=-1)
+
+    async def status(
+        self, request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, dict[str, Any]]:
+        ticket = self._ticket(parts[0], who)
+        after = _int_arg(request, b"after", -1, low=-1)
+        wait = float(_int_arg(request, b"wait", 0, low=0, high=60))
+        if wait and not ticket.complete and ticket.next_seq <= after + 1:
+            await self._wait(ticket.id, wait, until_complete=False)
+        return 200, self._status_body(ticket, after)
+
+    async def cancel(
+        self, _request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, dict[str, Any]]:
+        ticket = self._ticket(parts[0], who)
+        if ticket.id in self._queued:
+            self._queued.pop(ticket.id)
+            self.scheduler.finished(ticket.id)
+            ticket.finish(CANCELLED, "cancelled", "cancelled before it started")
+            self._wake(ticket.id)
+        elif ticket.id in self._drivers:
+            self._drivers[ticket.id].cancel()
+        return 200, self._status_body(ticket, after=-1)
+
+    async def complete(
+        self, _request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, dict[str, Any]]:
+        ticket = self._ticket(parts[0], who)
+        if not ticket.complete:
+            raise Problem(
+                409, "Conflict", f"ticket {ticket.id} is still {ticket.state}; cancel it first"
+            )
+        policy = self.policies().resolve(ticket.project)
+        self.sandbox.cleanup(Request(ticket.project, run_id(ticket.id)), policy)
+        self.store.complete(ticket.id)
+        return 200, self._status_body(ticket, after=-1)
+
+    async def health(
+        self, _request: server.Request, _parts: list[str], _who: Identity
+    ) -> tuple[int, dict[str, Any]]:
+        host = self.sandbox.host
+        return 200, {
+            "status": "ok",
+            "version": __version__,
+            "builtin_worker": True,
+            "running": self.scheduler.running,
+            "queued": self.scheduler.queued,
+            "layers": {str(layer): host.missing.get(layer, "ok") for layer in Layer},
+        }
+
+    async def capabilities(
+        self, _request: server.Request, _parts: list[str], _who: Identity
+    ) -> tuple[int, dict[str, Any]]:
+        host = self.sandbox.host
+        return 200, {
+            "protocol": PROTOCOL_VERSION,
+            "version": __version__,
+            "syntaxes": [s for s in SYNTAXES if s in self.sandbox.settings.interpreters],
+            "layers": [str(layer) for layer in Layer if layer not in host.missing],
+        }
+
+    # --- running ----------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        admission = self.scheduler.admit(time.monotonic())
+        for ticket_id in admission.timed_out:
+            _start, ticket = self._queued.pop(ticket_id)
+            ticket.finish(TIMEOUT, "timeout", "timed out waiting for its isolation mutex")
+            self._wake(ticket_id)
+        for ticket_id in admission.started:
+            self._launch(*self._queued.pop(ticket_id))
+        for ticket_id, (_start, ticket) in self._queued.items():
+            why = self.scheduler.why_waiting(ticket_id)
+            if why and why != self._said.get(ticket_id):
+                self._said[ticket_id] = why
+                ticket.debug(why)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.scheduler.next_deadline()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if deadline is not None:
+            self._timer = reactor.callLater(max(deadline - time.monotonic(), 0), self._admit)
+
+    def _launch(self, start: StartRequest, ticket: Ticket) -> None:
+        policy = self.policies().resolve(start.project)
+        if start.timeout is not None:
+            timeout = min(start.timeout, policy.timeout_seconds)
+            policy = dataclasses.replace(policy, timeout_seconds=timeout)
+        self._said.pop(ticket.id, None)
+        request = Request(
+            start.project, run_id(ticket.id), start.syntax, start.body, start.arguments
+        )
+        try:
+            running = self.sandbox.start(request, policy)
+        except (Refused, OSError, ValueError) as exc:
+            self._done(ticket, None, f"refused: {exc}")
+            return
+        ticket.running()
+        for line in running.plan.debug:
+            ticket.debug(line)
+
+        def on_output(source: str, data: bytes) -> None:
+            ticket.output(source, data)
+            self._wake(ticket.id)
+
+        self._drivers[ticket.id] = ScriptDriver(
+            running, self.sandbox.zygote, on_output, lambda outcome: self._done(ticket, outcome, "")
+        )
+
+    def _done(self, ticket: Ticket, outcome: Outcome | None, message: str) -> None:
+        self._drivers.pop(ticket.id, None)
+        self.scheduler.finished(ticket.id)
+        if outcome is None:
+            ticket.finish(FATAL, "refused", message)
+        else:
+            ticket.finish_outcome(outcome)
+        self._wake(ticket.id)
+        self._admit()
+
+    def shutdown(self) -> None:
+        """The reactor is stopping: kill what runs, record an outcome for every ticket."""
+        queued, self._queued = self._queued, {}
+        for ticket_id, (_start, ticket) in queued.items():
+            self.scheduler.finished(ticket_id)
+            ticket.finish(CANCELLED, "cancelled", "the worker stopped before the script started")
+        for ticket_id, driver in list(self._drivers.items()):
+            found = self.store.get(ticket_id)
+            if found is not None:
+                found.debug("the worker stopped while the script ran; it was killed")
+            driver.stop_now()
+        self.store.sync()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _authorise(self, who: Identity, project: str) -> None:
+        if not who.allows(project):
+            raise Problem(
+                403, "Forbidden", f"this client certificate is not trusted for project {project}"
+            )
+
+    def _ticket(self, raw_id: str, who: Identity) -> Ticket:
+        ticket = self.store.get(validate_name("ticket", raw_id))
+        if ticket is None:
+            raise Problem(404, "Not Found", f"unknown ticket {raw_id}", exit_code=-45)
+        self._authorise(who, ticket.project)
+        return ticket
+
+    def _status_body(self, ticket: Ticket, after: int) -> dict[str, Any]:
+        lines = ticket.read_after(after, MAX_LINES_PER_STATUS)
+        return {
+            "ticket": ticket.id,
+            "state": str(ticket.state),
+            "exit_code": ticket.exit_code,
+            "message": ticket.message,
+            "logs": lines,
+            "next_seq": lines[-1]["seq"] + 1 if lines else max(after + 1, 0),
+        }
+
+    async def _wait(self, ticket_id: str, seconds: float, *, until_complete: bool) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._waiters.setdefault(ticket_id, []).append(waiter)
+            timer = reactor.callLater(left, waiter.callback, None)
+            await waiter
+            if timer.active():
+                timer.cancel()
+            ticket = self.store.get(ticket_id)
+            if ticket is None or ticket.complete or not until_complete:
+                return
+
+    def _wake(self, ticket_id: str) -> None:
+        for waiter in self._waiters.pop(ticket_id, []):
+            if not waiter.called:
+                waiter.callback(None)
+
+
+def _int_arg(
+    request: server.Request, name: bytes, default: int, *, low: int, high: int = 2**62
+) -> int:
+    values = request.args.get(name) if request.args else None
+    if not values:
+        return default
+    try:
+        value = int(values[0])
+    except ValueError:
+        raise Problem(400, "Bad Request", f"{name.decode()} must be an integer") from None
+    if not low <= value <= high:
+        raise Problem(400, "Bad Request", f"{name.decode()} must be from {low} to {high}")
+    return value
+
+
+def run_id(ticket_id: str) -> str:
+    """The sandbox run (working directory, cgroup) of a ticket: stable, short, safe."""
+    return "t" + hashlib.sha256(ticket_key(ticket_id).encode()).hexdigest()[:24]
