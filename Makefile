@@ -5,7 +5,7 @@ VPY     := $(CURDIR)/$(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := bubblewrap procps util-linux iproute2 hyperfine
 
-.PHONY: run test lint typecheck schema check-schema bench apt clean
+.PHONY: run try-sandbox test lint typecheck schema check-schema bench apt clean
 
 $(STAMP): pyproject.toml
 	@if ! $(PY) -c 'import ensurepip' 2>/dev/null; then \
@@ -22,12 +22,17 @@ apt:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "note: missing apt packages:$$missing (run as root to install)"; fi; fi
 
-# Until the daemon exists, `make run` tries the sandbox on a sample script, with the shipped
-# default policy and a development state directory inside the checkout (ignored by git).
+# `make run` starts the worker daemon in the foreground on a development home
+# (./dev-home, ignored by git: certificates, trust, client profile, policy) and
+# prints the command that runs a script against it. Ctrl-C stops it.
 run: $(STAMP) apt
 	$(VENV)/bin/sandworker doctor --policy-dir policies/default.toml || true
+	$(VENV)/bin/sandworker serve --dev
+
+# The sandbox alone, without the daemon: one sample script under the default policy.
+try-sandbox: $(STAMP) apt
 	$(VENV)/bin/sandworker sandbox run --project demo --policy-dir policies/default.toml \
-	  --state-dir $(CURDIR)/dev-home/state -v bench/sample-script.sh
+	  --state-dir $(CURDIR)/dev-home/sandbox-state -v bench/sample-script.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -19,7 +19,7 @@ from sandworker.sandbox.runner import Outcome, Reason, Request, Sandbox
 from sandworker.sandbox.settings import DEFAULT_INTERPRETERS, SandboxSettings, default_state_dir
 from sandworker.sandbox.syntaxes import SYNTAXES
 
-from . import cli_certs, cli_policy
+from . import cli_certs, cli_client, cli_policy
 from .config import DEFAULT_CONFIG
 
 # Exit codes of `sandbox run` when the script did not simply exit (documented in --help).
@@ -191,8 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_sandbox_run, argv=None)
     cli_policy.register(sub)
     cli_certs.register(sub)
+    cli_client.register(sub)
     serve = sub.add_parser("serve", help="run the worker daemon in the foreground")
     serve.add_argument("--config", default=str(DEFAULT_CONFIG), help="configuration file")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: create ./dev-home (certificates, trust, profile,"
+        " policy) on first use and listen on 127.0.0.1:10933",
+    )
     serve.set_defaults(func=_serve)
     return parser
 

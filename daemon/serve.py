@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -15,6 +16,7 @@ from sandworker.sandbox.cgroups import sweep
 from sandworker.sandbox.policy import PolicyError, PolicySet, load_policies
 from sandworker.sandbox.runner import Sandbox
 
+from .certs import certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
 from .http import Router, make_site
 from .pinning import identify, server_context_factory
@@ -54,7 +56,50 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService]:
     return (site, context), store, service
 
 
+DEV_PORT = 10933
+
+
+def dev_home(base: Path) -> Path:
+    """Create (once) a development home: config, policy, worker and client certificates,
+    trust and a client profile. Returns the configuration file."""
+    config = base / "sandworker.toml"
+    if config.exists():
+        return config
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_pair(base / "worker.crt", base / "worker.key", "sandworker dev worker")
+    write_pair(base / "client.crt", base / "client.key", "sandworker dev client")
+    TrustStore(base / "trust.toml").add(certificate_prints(base / "client.crt"))
+    (base / "policies").mkdir(mode=0o755, exist_ok=True)
+    shipped = Path(__file__).resolve().parent.parent / "policies" / "default.toml"
+    text = shipped.read_text()
+    if os.geteuid() != 0:  # unprivileged: require only what a user namespace can give
+        text = text.replace('"account",', "")
+    (base / "policies" / "default.toml").write_text(text)
+    worker = certificate_prints(base / "worker.crt").sha256
+    (base / "profile.toml").write_text(
+        f'url = "https://127.0.0.1:{DEV_PORT}"\nthumbprint = "{worker}"\n'
+        'certificate = "client.crt"\nkey = "client.key"\n'
+    )
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{DEV_PORT}"\n[tls]\ncertificate = "{base}/worker.crt"\n'
+        f'key = "{base}/worker.key"\ntrust = "{base}/trust.toml"\n[state]\n'
+        f'directory = "{base}/state"\n[sandbox]\npolicy_dir = "{base}/policies"\n'
+    )
+    return config
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.dev:
+        args.config = str(dev_home(Path.cwd() / "dev-home"))
+        mode = (
+            "full isolation (root)" if os.geteuid() == 0 else "unprivileged layers only (not root)"
+        )
+        print(
+            f"sandworker: development mode, {mode}; try, in another shell:\n"
+            f"  {sys.executable.rsplit('/', 1)[0]}/sandworker script run --profile"
+            f" {Path(args.config).parent}/profile.toml --project demo -c 'id; echo hello'",
+            flush=True,
+        )
     try:
         config = load_config(Path(args.config))
         (site, context), store, service = build(config)
