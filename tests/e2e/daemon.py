@@ -1,0 +1,104 @@
+"""A real `sandworker serve` under test: its home, certificates, policy and a client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandworker.daemon.certs import certificate_prints, write_pair
+from sandworker.daemon.pinclient import client_context
+from sandworker.daemon.trust import TrustStore
+
+SANDWORKER = str(Path(sys.executable).with_name("sandworker"))
+
+
+@dataclass
+class Worker:
+    home: Path
+    port: int
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [SANDWORKER, "serve", "--config", str(self.home / "sandworker.toml")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if "listening on" in line:
+                return
+        raise AssertionError(f"daemon did not start: exit {self.process.wait()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+            self.process = None
+
+    def call(
+        self, method: str, path: str, body: object = None, *, client: str = "client"
+    ) -> tuple[int, Any]:
+        pin = certificate_prints(self.home / "worker.crt").sha256
+        context = client_context(self.home / f"{client}.crt", self.home / f"{client}.key", pin)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=60)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"content-type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _worker(tmp_path: Path) -> Iterator[Worker]:
+    home = tmp_path / "home"
+    home.mkdir()
+    write_pair(home / "worker.crt", home / "worker.key", "worker")
+    write_pair(home / "client.crt", home / "client.key", "client")
+    write_pair(home / "stranger.crt", home / "stranger.key", "stranger")
+    TrustStore(home / "trust.toml").add(certificate_prints(home / "client.crt"))
+    (home / "policies").mkdir()
+    (home / "policies" / "p.toml").write_text(
+        'version = 1\n[[project]]\nmatch = "web"\ntimeout = "20s"\nkill_grace = "1s"\n'
+    )
+    port = _free_port()
+    (home / "sandworker.toml").write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[tls]
+certificate = "{home}/worker.crt"
+key = "{home}/worker.key"
+trust = "{home}/trust.toml"
+[state]
+directory = "{tmp_path}/state"
+[sandbox]
+policy_dir = "{home}/policies"
+uid_min = 430000
+uid_max = 430999
+""")
+    w = Worker(home, port)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop(signal.SIGTERM)  # graceful: running scripts are killed and recorded
+
+
+def lines(status: dict[str, Any], source: str = "stdout") -> list[str]:
+    return [line["text"] for line in status["logs"] if line["source"] == source]
