@@ -57,7 +57,8 @@ class _Reader:
         self.on_data(data)
 
     def connectionLost(self, reason: object) -> None:
-        pass
+        # The reactor reports a hung-up pipe (EOF without data) here, not through doRead.
+        self.on_data(b"")
 
 
 class ScriptDriver:

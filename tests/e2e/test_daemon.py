@@ -119,3 +119,14 @@ def test_stop_kills_running_scripts_and_records_them(worker: Worker, tmp_path: P
     _, body = worker.call("GET", "/v1/scripts/long")
     assert (body["state"], body["exit_code"]) == ("complete", -43)
     assert any("the worker stopped" in text for text in lines(body, "debug"))
+
+
+def test_a_finished_script_is_reported_at_once_not_after_a_drain_timeout(worker: Worker) -> None:
+    # Regression: the reactor reports a hung-up pipe through connectionLost, not doRead;
+    # missing that made every run wait out the 2 s drain timer.
+    worker.call("PUT", "/v1/scripts/warm", {"project": "web", "body": "true", "wait_seconds": 20})
+    began = time.monotonic()
+    _, body = worker.call(
+        "PUT", "/v1/scripts/quick", {"project": "web", "body": "true", "wait_seconds": 20}
+    )
+    assert body["state"] == "complete" and time.monotonic() - began < 1.0
