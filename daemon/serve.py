@@ -22,7 +22,7 @@ from .http import Router, make_site
 from .pinning import identify, server_context_factory
 from .scheduler import Scheduler
 from .service import ScriptService
-from .tickets import TicketStore
+from .ticketstore import TicketStore
 from .trust import TrustStore
 
 EXIT_CONFIG = 2

@@ -29,7 +29,8 @@ from .api import PROTOCOL_VERSION, Problem, StartRequest, validate_name
 from .driver import ScriptDriver, reactor
 from .http import Handler, Identity
 from .scheduler import Scheduler
-from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, TicketStore, ticket_key
+from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, ticket_key
+from .ticketstore import TicketStore
 
 MAX_LINES_PER_STATUS = 10_000
 

@@ -23,9 +23,8 @@ import os
 import re
 import signal
 import stat
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +48,7 @@ DEFAULT_PURGE_AGE = 24 * 3600.0
 LOST_MESSAGE = "result lost: the supervisor stopped while the script ran"
 REQUEST_FILE, STATE_FILE = "request.json", "state.json"
 _TICKET_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TicketError(Exception):
@@ -178,16 +177,16 @@ class TicketDir:
     path: Path
 
     def open(self, name: str, flags: int, mode: int = 0o600) -> int:
-        dir_fd = os.open(self.key, _DIR_FLAGS, dir_fd=self.parent_fd)
+        dir_fd = os.open(self.key, DIR_FLAGS, dir_fd=self.parent_fd)
         try:
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
 
     def check_private(self, *, fix: bool = False) -> None:
-        fd = os.open(self.key, _DIR_FLAGS, dir_fd=self.parent_fd)
+        fd = os.open(self.key, DIR_FLAGS, dir_fd=self.parent_fd)
         try:
-            _check_private(fd, self.path, fix=fix)
+            check_private(fd, self.path, fix=fix)
         finally:
             os.close(fd)
 
@@ -201,6 +200,10 @@ class TicketDir:
 
     def write(self, name: str, data: bytes) -> None:
         write_atomic(self.path / name, data)
+
+    def log_opener(self) -> Callable[[int], int]:
+        """How TicketLog opens this ticket's log.jsonl (relative to the directory)."""
+        return lambda flags: self.open(LOG_FILE, flags)
 
 
 class Ticket:
@@ -336,211 +339,7 @@ def store_error(
     return TicketStoreError(f"cannot {verb} ticket {ticket_id}: {cause} (state dir {state_dir})")
 
 
-@dataclass
-class Recovery:
-    """What `TicketStore.recover` found, for the daemon's log."""
-
-    restored: list[str] = field(default_factory=list)  # ids, as recorded
-    lost: list[str] = field(default_factory=list)  # ids now complete with RESULT_LOST
-    problems: list[str] = field(default_factory=list)
-
-
-class TicketStore:
-    """Every ticket under `<state_dir>/tickets`, in memory and on disk."""
-
-    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.state_dir, self.tickets_dir, self._clock = state_dir, state_dir / "tickets", clock
-        self._tickets: dict[str, Ticket] = {}
-        try:
-            self.tickets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd = os.open(self.tickets_dir, _DIR_FLAGS)
-        except OSError as exc:
-            raise TicketStoreError(f"cannot open the ticket store: {exc}") from exc
-        try:
-            _check_private(self._fd, self.tickets_dir)
-        except TicketStoreError:
-            os.close(self._fd)
-            raise
-
-    def create(self, ticket_id: str, request: Mapping[str, Any]) -> tuple[Ticket, bool]:
-        """Persist a new ticket (pending) before it is acknowledged; `(ticket, is_new)`.
-
-        An id already known (case-insensitively) returns that ticket and False."""
-        key = ticket_key(ticket_id)
-        if (existing := self._tickets.get(key)) is not None:
-            return existing, False
-        body = json.dumps(dict(request), indent=1, sort_keys=True).encode() + b"\n"
-        where = TicketDir(self._fd, key, self.tickets_dir / key)
-        try:
-            os.mkdir(key, 0o700, dir_fd=self._fd)
-        except FileExistsError:
-            raise TicketStoreError(
-                f"ticket {ticket_id} has a directory in {self.tickets_dir} that this store has"
-                " not loaded: run recover() before accepting tickets"
-            ) from None
-        except OSError as exc:
-            raise store_error(ticket_id, self.state_dir, exc) from exc
-        try:
-            where.check_private(fix=True)
-            where.write(REQUEST_FILE, body)
-            record = TicketRecord(id=ticket_id, state=State.PENDING, created=self._clock())
-            where.write(STATE_FILE, record.to_json())
-            ticket_log = TicketLog.open(_opener(where), self._clock, keep_open=True)
-            os.fsync(self._fd)
-        except OSError as exc:
-            self._remove(key)
-            raise store_error(ticket_id, self.state_dir, exc) from exc
-        ticket = self._tickets[key] = Ticket(where, record, dict(request), ticket_log)
-        return ticket, True
-
-    def get(self, ticket_id: str) -> Ticket | None:
-        return self._tickets.get(ticket_key(ticket_id))
-
-    def complete(self, ticket_id: str) -> Ticket:
-        """The client's complete call: the ticket's record stays, marked as collected."""
-        ticket = self.get(ticket_id)
-        if ticket is None:
-            raise TicketError(f"unknown ticket {ticket_id}")
-        ticket.mark_completed_by_client()
-        return ticket
-
-    def all(self) -> list[Ticket]:
-        return sorted(self._tickets.values(), key=lambda ticket: ticket.record.created)
-
-    def sync(self) -> None:
-        """Fsync every live log with unsynced lines (the daemon calls it on a timer)."""
-        for ticket in self._tickets.values():
-            if not ticket.complete:
-                ticket.sync()
-
-    def purge(self, older_than: float = DEFAULT_PURGE_AGE) -> list[Ticket]:
-        """Remove tickets complete for `older_than` seconds that no client completed."""
-        cutoff = self._clock() - older_than
-        purged = []
-        for key, ticket in list(self._tickets.items()):
-            record = ticket.record
-            if record.completed is None or record.client_completed is not None:
-                continue
-            if record.completed <= cutoff:
-                try:
-                    self._remove(key, strict=True)
-                except OSError as exc:
-                    log.warning("cannot purge ticket %s: %s", ticket.id, exc)
-                    continue
-                del self._tickets[key]
-                purged.append(ticket)
-        return purged
-
-    def recover(self) -> Recovery:
-        """Load every ticket on disk; ones a crash left unfinished become RESULT_LOST."""
-        found = Recovery()
-        for name in sorted(os.listdir(self._fd)):
-            if name in self._tickets:
-                continue
-            try:
-                problem = self._load(name, found)
-            except (OSError, TicketStoreError) as exc:
-                problem = f"cannot recover ticket directory {name}: {exc}"
-            if problem:
-                found.problems.append(problem)
-                log.warning("%s", problem)
-        return found
-
-    def close(self) -> None:
-        """Fsync and release every descriptor; closing twice is harmless."""
-        if self._fd < 0:
-            return
-        for ticket in self._tickets.values():
-            ticket.close()
-        os.close(self._fd)
-        self._fd = -1
-
-    def _load(self, name: str, found: Recovery) -> str | None:
-        if _TICKET_ID.fullmatch(name) is None or name != name.lower() or not name.strip("."):
-            return f"{self.tickets_dir / name}: not a ticket directory name; left alone"
-        info = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
-        if not stat.S_ISDIR(info.st_mode):
-            return f"{self.tickets_dir / name}: not a directory; left alone"
-        where = TicketDir(self._fd, name, self.tickets_dir / name)
-        where.check_private()
-        raw_request = where.read(REQUEST_FILE)
-        if raw_request is None:
-            self._remove(name)
-            return f"ticket {name} has no {REQUEST_FILE} (never acknowledged): removed"
-        request, problem = _parse_request(raw_request)
-        record, corrupt = self._load_record(where, info.st_mtime)
-        lost = corrupt is not None or record.state is not State.COMPLETE
-        ticket_log = TicketLog.open(_opener(where), self._clock, keep_open=lost)
-        if ticket_log.dropped_bytes:
-            found.problems.append(
-                f"ticket {name}: cut {ticket_log.dropped_bytes} bytes of a torn last line"
-                f" off {where.path / LOG_FILE}"
-            )
-        ticket = self._tickets[name] = Ticket(where, record, request, ticket_log)
-        found.restored.append(ticket.id)
-        if lost:
-            found.lost.append(ticket.id)
-            self._mark_lost(ticket, corrupt or LOST_MESSAGE, found)
-        return f"ticket {name}: {problem}" if problem else corrupt
-
-    def _load_record(self, where: TicketDir, mtime: float) -> tuple[TicketRecord, str | None]:
-        """The record (a running stand-in if corrupt), and what is corrupt about it."""
-        raw = where.read(STATE_FILE)
-        try:
-            if raw is None:
-                raise ValueError(f"{STATE_FILE} is missing")
-            record = TicketRecord.from_json(raw)
-            if ticket_key(record.id) != where.key:
-                raise ValueError(f"it names ticket {record.id}")
-        except (ValueError, TypeError) as exc:
-            why = f"result lost: {where.path / STATE_FILE} is corrupt ({exc})"
-            return TicketRecord(id=where.key, state=State.RUNNING, created=mtime), why
-        return record, None
-
-    def _mark_lost(self, ticket: Ticket, message: str, found: Recovery) -> None:
-        try:
-            ticket.debug(message)
-            ticket.finish(RESULT_LOST, str(Reason.LOST), message)
-        except TicketStoreError as exc:
-            found.problems.append(f"{exc}; it answers {RESULT_LOST} until the next restart")
-            ticket.adopt(
-                replace(ticket.record, state=State.COMPLETE, completed=self._clock(),
-                        exit_code=RESULT_LOST, reason=str(Reason.LOST), message=message)
-            )  # fmt: skip
-            ticket.close()
-
-    def _remove(self, key: str, *, strict: bool = False) -> None:
-        """Unlink a ticket's files (request.json first, so a half-removed ticket is never
-        resurrected), then its directory. Never recursive: a subdirectory is an error."""
-        try:
-            dir_fd = os.open(key, _DIR_FLAGS, dir_fd=self._fd)
-            try:
-                names = sorted(os.listdir(dir_fd), key=lambda name: name != REQUEST_FILE)
-                for name in names:
-                    os.unlink(name, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
-            os.rmdir(key, dir_fd=self._fd)
-        except OSError:
-            if strict:
-                raise
-
-
-def _opener(where: TicketDir) -> Callable[[int], int]:
-    return lambda flags: where.open(LOG_FILE, flags)
-
-
-def _parse_request(raw: bytes) -> tuple[dict[str, Any], str | None]:
-    try:
-        request = json.loads(raw)
-    except ValueError as exc:
-        return {}, f"{REQUEST_FILE} is corrupt: {exc}"
-    if not isinstance(request, dict):
-        return {}, f"{REQUEST_FILE} is not a JSON object"
-    return request, None
-
-
-def _check_private(fd: int, path: Path, *, fix: bool = False) -> None:
+def check_private(fd: int, path: Path, *, fix: bool = False) -> None:
     """A directory of ours that nobody else may write; `fix` sets 0700 on a new one."""
     if fix:
         os.fchmod(fd, 0o700)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sandworker.daemon import tickets
+from sandworker.daemon import tickets, ticketstore
 from sandworker.daemon.ticketlog import INDEX_STRIDE, LineFramer
 from sandworker.daemon.tickets import (
     CANCELLED,
@@ -24,11 +24,11 @@ from sandworker.daemon.tickets import (
     InvalidTicketId,
     InvalidTransition,
     State,
-    TicketStore,
     TicketStoreError,
     exit_code_for,
     ticket_key,
 )
+from sandworker.daemon.ticketstore import TicketStore
 from sandworker.sandbox.runner import Outcome, Reason
 
 REQUEST: dict[str, Any] = {"project": "web", "syntax": "bash", "body": "echo hi"}
@@ -54,7 +54,7 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[TicketStore]:
     opened.close()
 
 
-def reopen(store: TicketStore, clock: Clock) -> tuple[TicketStore, tickets.Recovery]:
+def reopen(store: TicketStore, clock: Clock) -> tuple[TicketStore, ticketstore.Recovery]:
     """What a restarted daemon sees: a fresh store over the same directory."""
     store.close()
     fresh = TicketStore(store.state_dir, clock=clock)
