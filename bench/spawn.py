@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sandworker.sandbox.outcome import Reason
 from sandworker.sandbox.policy import load_policies
-from sandworker.sandbox.runner import Reason, Request, Sandbox
+from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.settings import SandboxSettings
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))

@@ -13,9 +13,10 @@ from pathlib import Path
 from sandworker import __version__
 from sandworker.sandbox.host import probe
 from sandworker.sandbox.layers import DESCRIPTIONS, Layer
+from sandworker.sandbox.outcome import Outcome, Reason
 from sandworker.sandbox.policy import DEFAULT_POLICY_DIR, PolicyDenied, PolicyError, load_policies
 from sandworker.sandbox.projects import InvalidProject, validate_project
-from sandworker.sandbox.runner import Outcome, Reason, Request, Sandbox
+from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.settings import DEFAULT_INTERPRETERS, SandboxSettings, default_state_dir
 from sandworker.sandbox.syntaxes import SYNTAXES
 

@@ -18,7 +18,8 @@ from twisted.internet import reactor as _reactor
 from twisted.internet import task
 from twisted.python import log
 
-from sandworker.sandbox.runner import Outcome, Reason, Running, Supervision, setup_report
+from sandworker.sandbox.outcome import Outcome, Reason, setup_report
+from sandworker.sandbox.runner import Running, Supervision
 from sandworker.sandbox.zygote import Zygote, ZygoteError
 
 TICK_SECONDS = 0.05

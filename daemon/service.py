@@ -20,9 +20,10 @@ from twisted.web import server
 
 from sandworker import __version__
 from sandworker.sandbox.layers import Layer
+from sandworker.sandbox.outcome import Outcome
 from sandworker.sandbox.plan import Refused
 from sandworker.sandbox.policy import PolicyDenied, PolicySet
-from sandworker.sandbox.runner import Outcome, Request, Sandbox
+from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.syntaxes import SYNTAXES
 
 from .api import PROTOCOL_VERSION, Problem, StartRequest, validate_name

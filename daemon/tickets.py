@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sandworker.sandbox.atomic import write_atomic
-from sandworker.sandbox.runner import Outcome, Reason
+from sandworker.sandbox.outcome import Outcome, Reason
 
 from .ticketlog import LOG_FILE, LineFramer, LogLine, Source, TicketLog, rfc3339, split_long
 

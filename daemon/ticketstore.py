@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sandworker.sandbox.runner import Reason
+from sandworker.sandbox.outcome import Reason
 
 from .ticketlog import LOG_FILE, TicketLog
 from .tickets import (

@@ -9,8 +9,6 @@ descriptors the caller reads; `run()` is the blocking loop used by
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import os
 import pwd
 import select
@@ -18,13 +16,14 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .accounts import Account, Accounts
 from .cgroups import ScriptGroup
 from .effective import EffectivePolicy
 from .host import HostSupport, probe
 from .layers import Layer
+from .outcome import Outcome, Reason, describe, setup_report
 from .plan import Plan, Refused, build, check_required
 from .settings import SandboxSettings
 from .syntaxes import SYNTAXES, interpreter_for
@@ -33,32 +32,6 @@ from .zygote import Zygote, ZygoteError
 
 SETUP_DEADLINE = 30.0
 BACKUP_DEADLINE = 10.0  # after the first SIGKILL, wait at most this long for the exit
-
-
-class Reason(enum.StrEnum):
-    """How a run ended. Metrics and audit events use these values."""
-
-    EXITED = "exited"  # the script ended by itself (any exit code or signal)
-    REFUSED = "refused"  # never started: policy, syntax or missing required layer
-    SETUP_FAILED = "setup_failed"  # the launcher could not apply a layer
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-    MEMORY = "memory"  # killed by the memory limit
-    OUTPUT = "output"  # killed for printing more than the output limit
-    CPU = "cpu"  # killed by the CPU time limit
-    FILE_SIZE = "file_size"  # killed by the file size limit
-    LOST = "lost"  # the launcher vanished; the run was killed, its exit status is unknown
-
-
-@dataclass
-class Outcome:
-    reason: Reason
-    exit_code: int | None  # None when killed by a signal
-    signal: str | None
-    message: str
-    spawn_seconds: float = 0.0
-    duration_seconds: float = 0.0
-    limit_hits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,61 +114,10 @@ class Running:
             with contextlib.suppress(OSError):
                 os.close(fd)
         duration = time.monotonic() - self.started
-        outcome = _describe(raw_status, setup_error, self.ended_by, hits, self.policy)
+        outcome = describe(raw_status, setup_error, self.ended_by, hits, self.policy)
         outcome.duration_seconds = duration
         outcome.limit_hits = hits
         return outcome
-
-
-def setup_report(data: bytes) -> str | None:
-    """What the launcher wrote on its status pipe before EOF: None means exec succeeded."""
-    if not data:
-        return None
-    try:
-        report = json.loads(data.splitlines()[0])
-        return f"{report['layer']}: {report['error']}"
-    except (ValueError, KeyError, IndexError):
-        return data.decode(errors="replace").strip()
-
-
-def _describe(
-    raw: int,
-    setup_error: str | None,
-    ended_by: Reason | None,
-    hits: dict[str, int],
-    policy: EffectivePolicy,
-) -> Outcome:
-    code = os.waitstatus_to_exitcode(raw)
-    sig = signal.Signals(-code).name if code < 0 else None
-    exit_code = None if code < 0 else code
-    if setup_error is not None:
-        return Outcome(Reason.SETUP_FAILED, exit_code, sig, f"setup failed: {setup_error}")
-    if ended_by is not None:
-        what = {
-            Reason.TIMEOUT: f"timed out after {policy.timeout_seconds:g}s",
-            Reason.CANCELLED: "cancelled",
-            Reason.OUTPUT: f"printed more than {policy.limits.output_bytes} bytes",
-            Reason.LOST: "the launcher process was lost",
-        }.get(ended_by, str(ended_by))
-        return Outcome(ended_by, exit_code, sig, f"{what}; the whole process tree was killed")
-    if sig == "SIGKILL" and hits.get("memory"):
-        return Outcome(
-            Reason.MEMORY, None, sig, f"killed: memory limit {policy.limits.memory_bytes} bytes"
-        )
-    if sig == "SIGXCPU":
-        return Outcome(
-            Reason.CPU, None, sig, f"killed: CPU time limit {policy.limits.cpu_seconds}s"
-        )
-    if sig == "SIGXFSZ":
-        return Outcome(
-            Reason.FILE_SIZE,
-            None,
-            sig,
-            f"killed: file size limit {policy.limits.file_size_bytes} bytes",
-        )
-    text = f"exited with code {exit_code}" if sig is None else f"killed by {sig}"
-    hit = ", ".join(f"{kind} {count}x" for kind, count in sorted(hits.items()) if count)
-    return Outcome(Reason.EXITED, exit_code, sig, text + (f" (limits hit: {hit})" if hit else ""))
 
 
 class Sandbox:
@@ -326,12 +248,6 @@ def _self() -> Account:
     except KeyError:
         name = str(os.getuid())
     return Account(os.getuid(), os.getgid(), name)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 @dataclass

@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 
 from sandworker.sandbox.effective import EffectivePolicy, Limits
-from sandworker.sandbox.runner import Outcome, Request, Sandbox
+from sandworker.sandbox.outcome import Outcome
+from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.settings import SandboxSettings
 
 _ids = itertools.count()

@@ -16,7 +16,8 @@ import pytest
 
 from sandworker.sandbox.cgroups import PREFIX, own_groups
 from sandworker.sandbox.layers import Layer
-from sandworker.sandbox.runner import Reason, Request, Sandbox
+from sandworker.sandbox.outcome import Reason
+from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.workspace import WorkspaceError
 from tests.sandboxing import make_policy, new_sandbox, processes_of_uid, project_uid, run, running
 

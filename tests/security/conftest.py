@@ -26,7 +26,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sandworker.sandbox.runner import Reason, Sandbox
+from sandworker.sandbox.outcome import Reason
+from sandworker.sandbox.runner import Sandbox
 from tests.sandboxing import make_policy, new_sandbox, processes_of_uid, project_uid, run, running
 
 BLUE_BODY = """\

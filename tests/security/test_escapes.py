@@ -36,7 +36,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sandworker.sandbox.runner import Outcome, Reason, Sandbox
+from sandworker.sandbox.outcome import Outcome, Reason
+from sandworker.sandbox.runner import Sandbox
 from sandworker.sandbox.settings import SandboxSettings
 from tests.sandboxing import LIMITS, Result, make_policy, run
 from tests.security.conftest import World, wait_gone

@@ -13,7 +13,8 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 
 from sandworker.daemon.driver import ScriptDriver
-from sandworker.sandbox.runner import Outcome, Request, Sandbox
+from sandworker.sandbox.outcome import Outcome
+from sandworker.sandbox.runner import Request, Sandbox
 from tests.sandboxing import make_policy, new_sandbox
 
 SCENARIOS: dict[str, dict[str, Any]] = {

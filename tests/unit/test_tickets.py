@@ -29,7 +29,7 @@ from sandworker.daemon.tickets import (
     ticket_key,
 )
 from sandworker.daemon.ticketstore import TicketStore
-from sandworker.sandbox.runner import Outcome, Reason
+from sandworker.sandbox.outcome import Outcome, Reason
 
 REQUEST: dict[str, Any] = {"project": "web", "syntax": "bash", "body": "echo hi"}
 
