@@ -1,4 +1,4 @@
-"""The supervisor's handle on the pre-forked launcher (see the zygote section of launcher.py).
+"""The supervisor's handle on the pre-forked launcher (forkserver.py).
 
 One zygote per Sandbox, started on first use. Thread-safe: `spawn` and `status`
 may be called from several threads; every message read from the zygote is
@@ -15,7 +15,7 @@ import socket
 import threading
 from pathlib import Path
 
-LAUNCHER = str(Path(__file__).with_name("launcher.py"))
+FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
 MAX_MESSAGE = 1 << 16
 
 
@@ -50,7 +50,7 @@ class Zygote:
             high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
             self._pid = os.posix_spawn(
                 self._python,
-                [self._python, "-I", "-S", LAUNCHER],
+                [self._python, "-I", "-S", FORKSERVER],
                 {},
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, null, 0),
