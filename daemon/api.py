@@ -51,7 +51,8 @@ def bad_request(detail: str) -> Problem:
 
 
 def validate_name(kind: str, value: object) -> str:
-    """Ticket ids and mutex names: 1-128 of [A-Za-z0-9._-], starting alphanumeric."""
+    """Names such as mutexes: 1-128 of [A-Za-z0-9._-], starting alphanumeric. (Ticket ids
+    follow the ticket store's own rules: tickets.ticket_key.)"""
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         shown = json.dumps(value)[:80]
         raise bad_request(

@@ -26,11 +26,11 @@ from sandworker.sandbox.policy import PolicyDenied, PolicySet
 from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.syntaxes import SYNTAXES
 
-from .api import PROTOCOL_VERSION, Problem, StartRequest, validate_name
+from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request
 from .driver import ScriptDriver, reactor
 from .http import Handler, Identity
 from .scheduler import Scheduler
-from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, ticket_key
+from .tickets import CANCELLED, FATAL, TIMEOUT, InvalidTicketId, Ticket, ticket_key
 from .ticketstore import TicketStore
 
 MAX_LINES_PER_STATUS = 10_000
@@ -71,7 +71,7 @@ class ScriptService:
     async def start(
         self, request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, dict[str, Any]]:
-        ticket_id = validate_name("ticket", parts[0])
+        ticket_id = _ticket_id(parts[0])
         start = StartRequest.parse(request.content.read() if request.content else b"")
         self._authorise(who, start.project)
         existing = self.store.get(ticket_id)
@@ -251,7 +251,7 @@ class ScriptService:
             )
 
     def _ticket(self, raw_id: str, who: Identity) -> Ticket:
-        ticket = self.store.get(validate_name("ticket", raw_id))
+        ticket = self.store.get(_ticket_id(raw_id))
         if ticket is None:
             raise Problem(404, "Not Found", f"unknown ticket {raw_id}", exit_code=-45)
         self._authorise(who, ticket.project)
@@ -300,6 +300,15 @@ def _int_arg(
     if not low <= value <= high:
         raise Problem(400, "Bad Request", f"{name.decode()} must be from {low} to {high}")
     return value
+
+
+def _ticket_id(raw: str) -> str:
+    """A client's ticket id, checked by the store's own rules (one set of rules, one place)."""
+    try:
+        ticket_key(raw)
+    except InvalidTicketId as exc:
+        raise bad_request(str(exc)) from None
+    return raw
 
 
 def run_id(ticket_id: str) -> str:

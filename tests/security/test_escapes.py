@@ -704,16 +704,23 @@ def hostile_environment(world: World, monkeypatch: pytest.MonkeyPatch) -> dict[s
     return {"dir": str(where), **env}
 
 
+def contained_under_hostile_supervisor(
+    world: World, hostile_environment: dict[str, str], probe: Probe
+) -> None:
+    """Run `probe` as red under a fresh supervisor carrying the hostile environment."""
+    (result,), report = fresh_supervisor(world, [("red", probe)])
+    assert set(hostile_environment) - {"dir"} <= set(report["environ_names"])  # type: ignore[arg-type]
+    assert_contained(world, result)
+    assert INJECTION_MARKER not in result.stdout + result.stderr, describe(result)
+
+
 def test_red_cannot_see_the_supervisor_environment(
     world: World, hostile_environment: dict[str, str]
 ) -> None:
     probe = Probe(
         "environment", "environment.py", syntax="python", args=lambda w: (str(w.red_home),)
     )
-    (result,), report = fresh_supervisor(world, [("red", probe)])
-    assert set(hostile_environment) - {"dir"} <= set(report["environ_names"])  # type: ignore[arg-type]
-    assert_contained(world, result)
-    assert INJECTION_MARKER not in result.stdout + result.stderr, describe(result)
+    contained_under_hostile_supervisor(world, hostile_environment, probe)
 
 
 def test_red_cannot_be_injected_through_the_supervisor_environment(
@@ -739,10 +746,7 @@ for v in SANDWORKER_TEST_SECRET LD_PRELOAD LD_LIBRARY_PATH BASH_ENV ENV SHELLOPT
 done
 case "$PATH" in *inject*) escape "the supervisor's PATH reached the script";; esac
 """
-    (result,), report = fresh_supervisor(world, [("red", Probe("injection", body))])
-    assert set(hostile_environment) - {"dir"} <= set(report["environ_names"])  # type: ignore[arg-type]
-    assert_contained(world, result)
-    assert INJECTION_MARKER not in result.stdout + result.stderr, describe(result)
+    contained_under_hostile_supervisor(world, hostile_environment, Probe("injection", body))
 
 
 def test_red_cannot_be_injected_into_python_scripts(
