@@ -14,6 +14,7 @@ from .accounts import Account
 from .effective import EffectivePolicy
 from .host import HostSupport
 from .layers import Layer
+from .policy_checks import overlap
 from .settings import SYSTEM_DIRS, SandboxSettings
 from .spec import LandlockRules, LaunchSpec
 from .workspace import RunDirs
@@ -100,7 +101,7 @@ def build(
 ) -> Plan:
     missing = check_required(policy, host)
     for path in (*policy.read_only_paths, *policy.read_write_paths):
-        if _overlaps(path, str(settings.state_dir)):
+        if overlap(path, str(settings.state_dir)):
             raise Refused(
                 f"policy path {path} overlaps the state directory {settings.state_dir}, which"
                 " holds every project's workspace; grant a path outside it"
@@ -150,9 +151,3 @@ def build(
     debug = [f"layer {layer}: applied" for layer in applied]
     debug += [f"layer {layer}: NOT applied: {why}" for layer, why in missing.items()]
     return Plan(spec, applied, missing, debug)
-
-
-def _overlaps(a: str, b: str) -> bool:
-    """True when one of two absolute paths is the other or lies below it."""
-    pa, pb = os.path.normpath(a), os.path.normpath(b)
-    return os.path.commonpath([pa, pb]) in (pa, pb)

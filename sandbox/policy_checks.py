@@ -88,7 +88,7 @@ def _components(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
 
-def _overlap(path: str, protected: str) -> str | None:
+def overlap(path: str, protected: str) -> str | None:
     """How `path` overlaps `protected`: "is inside /usr", "contains /proc", or None."""
     mine, theirs = _components(path), _components(protected)
     if not theirs:  # "/": only the root itself
@@ -107,7 +107,7 @@ def _overlap(path: str, protected: str) -> str | None:
 def read_write_error(path: str) -> str | None:
     """Why a script may not write `path`, or None."""
     for root in NEVER_WRITABLE:
-        how = _overlap(path, root)
+        how = overlap(path, root)
         if how:
             return (
                 f"{toml_value(path)} {how}, which scripts may never write;"
@@ -123,14 +123,14 @@ PRIVATE = _names("/tmp /dev/shm")  # noqa: S108 - names, not files we create
 def visible_error(path: str) -> str | None:
     """Why a script may not see `path` at all, or None."""
     for root in PRIVATE:
-        how = _overlap(path, root)
+        how = overlap(path, root)
         if how and not how.startswith("contains"):
             return (
                 f"{toml_value(path)} {how}, which every sandbox replaces with its own private"
                 " tmpfs, so the host path would be hidden; use a path such as /srv/NAME"
             )
     for root in NEVER_VISIBLE:
-        how = _overlap(path, root)
+        how = overlap(path, root)
         if how:
             return (
                 f"{toml_value(path)} {how}, which scripts may never see (kernel interfaces,"
