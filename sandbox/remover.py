@@ -1,6 +1,7 @@
 """Remove one run directory; run by workspace.py as the tree's owner, never as root.
 
-Usage: python -I -S remover.py DIRFD NAME. Deletes NAME relative to the
+Usage: python -I -S remover.py DIRFD NAME (workspace.py passes the source with -c, so
+the account never needs to read the installed file). Deletes NAME relative to the
 directory open on DIRFD. Symlinks are removed, never followed; directories the
 owner made unwritable are made writable first.
 """

@@ -27,6 +27,7 @@ from pathlib import Path
 from .accounts import Account
 from .projects import validate_project
 
+REMOVER = Path(__file__).with_name("remover.py")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -176,7 +177,8 @@ class Workspaces:
                     python,
                     "-I",
                     "-S",
-                    str(Path(__file__).with_name("remover.py")),
+                    "-c",  # the code itself, not its path: the account may not reach our files
+                    REMOVER.read_text(),
                     str(work_fd),
                     run_id,
                 ],

@@ -157,14 +157,9 @@ def test_non_root_runs_with_unprivileged_layers_and_says_what_is_missing(state: 
 
 
 def test_non_root_refuses_a_policy_that_requires_more(state: Path) -> None:
-    result = run_text(
-        "demo",
-        "echo ran",
-        state=state,
-        user=NOBODY,
-        policy=STRICT,
-    )
+    strict = shutil.copy(STRICT, state / "strict.toml")  # readable wherever CI cloned us
+    result = run_text("demo", "echo ran", state=state, user=NOBODY, policy=str(strict))
     assert result.returncode == 3 and "ran" not in result.stdout
     assert "requires layers this host lacks: account:" in result.stderr
-    doctor = sandworker("doctor", state=state, user=NOBODY, policy=STRICT)
+    doctor = sandworker("doctor", state=state, user=NOBODY, policy=str(strict))
     assert doctor.returncode == 1 and "account, cgroup_cpu" in doctor.stderr

@@ -9,6 +9,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,7 +189,11 @@ def test_landlock_signal_scope_blocks_same_uid_processes_outside(sandbox: Sandbo
     sandbox.host = dataclasses.replace(sandbox.host, missing={Layer.PID: "disabled by test"})
     with running(sandbox, "blue", "sleep 300 & echo READY; wait"):
         uid = project_uid(sandbox, "blue")
-        victim = next(p.pid for p in processes_of_uid(uid) if p.name() == "sleep")
+        deadline = time.monotonic() + 10  # READY may come before the background sleep execs
+        while not (sleeps := [p.pid for p in processes_of_uid(uid) if p.name() == "sleep"]):
+            assert time.monotonic() < deadline, "the background sleep never started"
+            time.sleep(0.05)
+        victim = sleeps[0]
         result = run(sandbox, "blue", f"kill -0 {victim} && exit 77; echo denied")
         assert result.outcome.exit_code == 0 and "denied" in result.stdout, result
         assert any(p.pid == victim for p in processes_of_uid(uid))
