@@ -143,7 +143,8 @@ def test_rlimits_are_enforced_by_the_kernel(sandbox: Sandbox) -> None:
 
 def test_cgroup_limits_are_written_and_the_script_is_inside(sandbox: Sandbox) -> None:
     policy = make_policy("blue", limits=dict(memory_bytes=96 << 20, processes=40, cpu_percent=50))
-    with running(sandbox, "blue", "echo READY; sleep 300", policy=policy) as bg:
+    # READY comes after the fork of sleep, so the tree is steady while it is read back.
+    with running(sandbox, "blue", "sleep 300 & echo READY; wait", policy=policy) as bg:
         groups = own_groups()
         name = PREFIX + bg.run_id
         memory = groups["memory"] / name
@@ -151,8 +152,11 @@ def test_cgroup_limits_are_written_and_the_script_is_inside(sandbox: Sandbox) ->
         assert (groups["pids"] / name / "pids.max").read_text().strip() == "42"
         assert (groups["cpu"] / name / "cpu.cfs_quota_us").read_text().strip() == "50000"
         uid = project_uid(sandbox, "blue")
+        # The project's processes first, then the members: a process forked in between
+        # is in the cgroup by inheritance but not in the first list, so it cannot race.
+        pids = {p.pid for p in processes_of_uid(uid)}
         members = {int(p) for p in (memory / "cgroup.procs").read_text().split()}
-        assert {p.pid for p in processes_of_uid(uid)} <= members
+        assert pids and pids <= members
     assert not memory.exists() and not (groups["unified"] / name).exists()
 
 
