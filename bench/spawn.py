@@ -17,8 +17,8 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from sandworker.sandbox.outcome import Reason
