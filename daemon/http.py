@@ -7,7 +7,8 @@ byte resets (notes/http-mtls.md), so this channel adds:
   (handshake plus headers), then per keep-alive request;
 - 411 for chunked bodies and 413 for bodies over the limit, answered before the
   body is read, after which the rest of the body is drained, not read;
-- a cap on open connections (more are closed at accept).
+- a cap on open connections (more are closed at accept), wrapped around the
+  outermost factory so that it works below TLS too.
 
 Handlers are coroutines on the service object; errors are problem+json.
 """
@@ -18,12 +19,15 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
+from twisted.protocols import policies
 from twisted.python import log
 from twisted.web import http, resource, server
 
 from .api import Problem
+from .pinning import REPORTED
 
 JSON = b"application/json"
 PROBLEM = b"application/problem+json"
@@ -41,6 +45,9 @@ class Identity(Protocol):
     """Who is calling: resolved from the TLS peer certificate by the pinning layer."""
 
     def allows(self, project: str) -> bool: ...
+
+    @property
+    def thumbprint(self) -> str: ...  # SHA-256 of the client certificate, for the audit
 
 
 Handler = Callable[[server.Request, list[str], Identity], Awaitable[tuple[int, dict[str, Any]]]]
@@ -111,6 +118,8 @@ class LimitedChannel(http.HTTPChannel):
     max_body = 1 << 20
     first_deadline = 25.0  # handshake plus headers of the first request
     header_deadline = 15.0
+    # called with (peer, error) when a TLS handshake fails and nobody reported why yet
+    on_failed_handshake: Callable[[str, str], None] | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -181,39 +190,47 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm()
-        site = getattr(self, "site", None)
-        if isinstance(site, CappedSite):
-            site.open_connections -= 1
+        transport: Any = self.transport
+        hook = type(self).on_failed_handshake
+        failed = reason is not None and reason.check(SSL.Error)
+        if hook is not None and failed and not getattr(transport, REPORTED, False):
+            peer = transport.getPeer()
+            hook(f"{peer.host}:{peer.port}", _ssl_reason(reason.value))
         super().connectionLost(reason)
 
 
-class CappedSite(server.Site):
-    """A Site that refuses connections beyond `max_connections` at accept time."""
+def _ssl_reason(error: SSL.Error) -> str:
+    """OpenSSL's reason strings of a failed handshake, e.g. "peer did not return a certificate"."""
+    reasons = [str(item[2]) for item in error.args[0] if len(item) == 3] if error.args else []
+    return "; ".join(reasons) or str(error)
 
-    def __init__(self, root: resource.Resource, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
-        self.max_connections = max_connections
-        self.open_connections = 0
-        self.refused_connections = 0
+
+class ConnectionCap(policies.WrappingFactory):
+    """Closes connections beyond `limit` at accept, before any TLS or HTTP work.
+
+    It wraps the outermost factory (the TLS one for the daemon), so a refused
+    connection costs nothing but the accept."""
+
+    def __init__(self, wrapped: Any, limit: int) -> None:
+        super().__init__(wrapped)
+        self.limit = limit
+        self.refused = 0
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.open_connections >= self.max_connections:
-            self.refused_connections += 1
+        if len(self.protocols) >= self.limit:
+            self.refused += 1
             return None
-        channel = super().buildProtocol(addr)
-        channel.site = self  # a plain channel (no HTTP/2 wrapper), so set what the wrapper would
-        self.open_connections += 1
-        return channel
+        return super().buildProtocol(addr)
 
 
 def make_site(
     root: resource.Resource,
     *,
-    max_connections: int,
     max_body: int,
     first_deadline: float,
     header_deadline: float,
-) -> CappedSite:
+    on_failed_handshake: Callable[[str, str], None] | None = None,
+) -> server.Site:
     channel = type(
         "ConfiguredChannel",
         (LimitedChannel,),
@@ -221,9 +238,12 @@ def make_site(
             "max_body": max_body,
             "first_deadline": first_deadline,
             "header_deadline": header_deadline,
+            "on_failed_handshake": staticmethod(on_failed_handshake)
+            if on_failed_handshake
+            else None,
         },
     )
-    site = CappedSite(root, max_connections, timeout=first_deadline)
+    site = server.Site(root, timeout=first_deadline)
     site.protocol = channel  # type: ignore[method-assign]
     site.displayTracebacks = False
     return site

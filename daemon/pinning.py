@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -34,14 +35,48 @@ SERVER_OPTIONS = (
     | SSL.OP_NO_TICKET
 )
 
-RejectHook = Callable[[CertPrints, str], None]
-"""Called with the thumbprints of a refused client certificate and the reason."""
+RejectHook = Callable[[CertPrints, str, str], None]
+"""Called with the thumbprints of a refused client certificate, the reason and the peer."""
 
 
-def _log_rejection(prints: CertPrints, reason: str) -> None:
+def _log_rejection(prints: CertPrints, reason: str, peer: str) -> None:
     log.warning(
-        "refused client certificate SHA-256 %s (SHA-1 %s): %s", prints.sha256, prints.sha1, reason
+        "refused client certificate SHA-256 %s (SHA-1 %s) from %s: %s",
+        prints.sha256,
+        prints.sha1,
+        peer,
+        reason,
     )
+
+
+REPORTED = "sandworker_refusal_reported"  # set on a TLS protocol whose refusal was reported
+
+
+def _peer_of(conn: SSL.Connection) -> str:
+    """The remote address of a connection being verified ("?" if Twisted hides it); marks
+    the connection as reported, so the HTTP layer does not report its failed handshake again."""
+    try:
+        protocol = conn.get_app_data()
+        setattr(protocol, REPORTED, True)
+        address = protocol.transport.getPeer()
+        return f"{address.host}:{address.port}"
+    except AttributeError:
+        return "?"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The client of one request: its trust entry and the certificate it presented."""
+
+    trust: Trust
+    prints: CertPrints
+
+    def allows(self, project: str) -> bool:
+        return self.trust.allows(project)
+
+    @property
+    def thumbprint(self) -> str:
+        return self.prints.sha256
 
 
 @implementer(IOpenSSLContextFactory)
@@ -63,7 +98,7 @@ def server_context_factory(
 ) -> PinningContextFactory:
     """The listener's TLS context: TLS >= 1.2, ECDHE+AEAD, no resumption, client pinned."""
 
-    def verify(_conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:
+    def verify(conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:
         # Trust is the pin on the leaf alone: the errno (18, self-signed, for every client
         # here) and any issuer above the leaf say nothing about it, so both are ignored.
         if depth > 0:
@@ -72,10 +107,10 @@ def server_context_factory(
         try:
             trusted = trust.lookup(prints.sha256, prints.sha1)
         except TrustError as exc:
-            on_reject(prints, f"trust store unusable: {exc}")
+            on_reject(prints, f"trust store unusable: {exc}", _peer_of(conn))
             return False
         if trusted is None:
-            on_reject(prints, "thumbprint not trusted")
+            on_reject(prints, "thumbprint not trusted", _peer_of(conn))
             return False
         return True
 
@@ -105,15 +140,16 @@ def peer_identity(transport: object) -> CertPrints | None:
     return None if cert is None else thumbprints(cert.public_bytes(Encoding.DER))
 
 
-def identify(transport: object, trust: TrustStore) -> Trust | None:
+def identify(transport: object, trust: TrustStore) -> Caller | None:
     """Re-check the peer against the current trust store (per request, after any change)."""
     prints = peer_identity(transport)
     if prints is None:
         return None
     try:
-        return trust.lookup(prints.sha256, prints.sha1)
+        found = trust.lookup(prints.sha256, prints.sha1)
     except TrustError:
         return None
+    return None if found is None else Caller(found, prints)
 
 
 __all__ = ["PinMismatch", "client_context"]  # the client half lives in pinclient.py

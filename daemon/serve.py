@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,50 +11,87 @@ from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet import task
-from twisted.python import log
+from twisted.internet.error import CannotListenError
+from twisted.logger import STDLibLogObserver, globalLogBeginner
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from sandworker import __version__
 from sandworker.sandbox.cgroups import sweep
 from sandworker.sandbox.policy import PolicyError, PolicySet, load_policies
 from sandworker.sandbox.runner import Sandbox
 
-from .certs import certificate_prints, write_pair
+from .audit import AUDIT_FILE, AuditLog, Event
+from .certs import CertPrints, certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
-from .http import Router, make_site
+from .http import ConnectionCap, Router, make_site
 from .pinning import identify, server_context_factory
 from .scheduler import Scheduler
 from .service import ScriptService
+from .tickets import RESULT_LOST, TicketStoreError
 from .ticketstore import TicketStore
-from .trust import TrustStore
+from .trust import TrustError, TrustStore
 
 EXIT_CONFIG = 2
+log = logging.getLogger("sandworker.daemon")
 reactor: Any = _reactor
 
 
-def build(config: Config) -> tuple[Any, TicketStore, ScriptService]:
+def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     """Everything the daemon runs, wired; raises on unusable files."""
     policies: PolicySet = load_policies([Path(config["sandbox.policy_dir"])])
+    state = Path(config["state.directory"])
+    store = TicketStore(state / "tickets")  # first: it creates and checks the state directory
+    audit = AuditLog(state / AUDIT_FILE)
+    audit.record(Event.DAEMON_START, version=__version__, pid=os.getpid())
     sandbox = Sandbox(config.sandbox_settings())
     for name in sweep(sandbox.host.hierarchy):  # before any script runs: nothing else owns them
-        log.msg(f"start-up sweep: killed and removed the leftover cgroup {name}")
-    store = TicketStore(Path(config["state.directory"]) / "tickets")
+        log.warning("start-up sweep: killed and removed the leftover cgroup %s", name)
     recovery = store.recover()
     for problem in recovery.problems:
-        log.msg(f"recovery: {problem}")
+        log.warning("recovery: %s", problem)
+    for ticket_id in recovery.lost:
+        audit.record(Event.TICKET_RECOVERED, ticket=ticket_id, exit_code=RESULT_LOST)
     scheduler = Scheduler(config["sandbox.max_concurrent"])
-    service = ScriptService(sandbox, lambda: policies, store, scheduler)
+    service = ScriptService(sandbox, lambda: policies, store, scheduler, audit)
     trust = TrustStore(Path(config["tls.trust"]))
+
+    def refused(prints: CertPrints, reason: str, peer: str) -> None:
+        log.warning(
+            "refused client certificate SHA-256 %s from %s: %s", prints.sha256, peer, reason
+        )
+        audit.record(
+            Event.CLIENT_REFUSED, peer=peer, client=prints.sha256, sha1=prints.sha1, reason=reason
+        )
+
+    def failed_handshake(peer: str, reason: str) -> None:
+        log.warning("TLS handshake with %s failed: %s", peer, reason)
+        audit.record(Event.CLIENT_REFUSED, peer=peer, client=None, reason=reason)
+
     router = Router(service.routes(), lambda r: cast(Any, identify(r.channel.transport, trust)))
     site = make_site(
         router,
-        max_connections=config["server.max_connections"],
         max_body=config["server.max_body"],
         first_deadline=config["server.handshake_timeout"] + config["server.header_timeout"],
         header_deadline=config["server.header_timeout"],
+        on_failed_handshake=failed_handshake,
     )
     context = server_context_factory(
-        Path(config["tls.certificate"]), Path(config["tls.key"]), trust
+        Path(config["tls.certificate"]), Path(config["tls.key"]), trust, refused
     )
-    return (site, context), store, service
+    tls = TLSMemoryBIOFactory(cast(Any, context), False, cast(Any, site))
+    factory = ConnectionCap(tls, config["server.max_connections"])
+    return factory, store, service, audit
+
+
+def start_logging() -> None:
+    """Every log line to stderr (journald keeps it under systemd), Twisted's included."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="sandworker %(levelname)s %(name)s: %(message)s",
+    )
+    observer: Any = STDLibLogObserver()
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 DEV_PORT = 10933
@@ -100,18 +138,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f" {Path(args.config).parent}/profile.toml --project demo -c 'id; echo hello'",
             flush=True,
         )
+    start_logging()
     try:
         config = load_config(Path(args.config))
-        (site, context), store, service = build(config)
+        factory, store, service, audit = build(config)
+        host, _, port = config["server.listen"].rpartition(":")
+        listening = reactor.listenTCP(int(port), factory, interface=host.strip("[]"))
     except (ConfigError, PolicyError) as exc:
         print(f"sandworker: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    host, _, port = config["server.listen"].rpartition(":")
-    listening = reactor.listenSSL(int(port), site, context, interface=host.strip("[]"))
+    except (TicketStoreError, TrustError, OSError, CannotListenError) as exc:
+        print(f"sandworker: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
-    task.LoopingCall(store.sync).start(0.2, now=False)
-    task.LoopingCall(store.purge, config["state.retention"]).start(3600, now=False)
+    task.LoopingCall(_sync, store, audit).start(0.2, now=False)
+    task.LoopingCall(service.purge, config["state.retention"]).start(3600, now=True)
     print(f"sandworker: listening on {host}:{listening.getHost().port}", flush=True)
     reactor.run()
+    audit.record(Event.DAEMON_STOP, pid=os.getpid())
     store.close()
+    audit.close()
     return 0
+
+
+def _sync(store: TicketStore, audit: AuditLog) -> None:
+    store.sync()
+    audit.sync()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,13 +28,24 @@ from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.syntaxes import SYNTAXES
 
 from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request
+from .audit import AuditLog, Event
 from .driver import ScriptDriver, reactor
 from .http import Handler, Identity
 from .scheduler import Scheduler
-from .tickets import CANCELLED, FATAL, TIMEOUT, InvalidTicketId, Ticket, ticket_key
+from .tickets import (
+    CANCELLED,
+    FATAL,
+    TIMEOUT,
+    InvalidTicketId,
+    Ticket,
+    TicketStoreError,
+    exit_code_for,
+    ticket_key,
+)
 from .ticketstore import TicketStore
 
 MAX_LINES_PER_STATUS = 10_000
+log = logging.getLogger(__name__)
 
 
 class ScriptService:
@@ -43,18 +55,21 @@ class ScriptService:
         policies: Callable[[], PolicySet],
         store: TicketStore,
         scheduler: Scheduler,
+        audit: AuditLog,
     ) -> None:
-        self.sandbox, self.policies, self.store, self.scheduler = (
+        self.sandbox, self.policies, self.store, self.scheduler, self.audit = (
             sandbox,
             policies,
             store,
             scheduler,
+            audit,
         )
         self._drivers: dict[str, ScriptDriver] = {}
         self._queued: dict[str, tuple[StartRequest, Ticket]] = {}
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
         self._timer: Any = None
         self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
+        self._output_lost: dict[str, str] = {}  # ticket -> why its output stopped being kept
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         return {
@@ -92,7 +107,24 @@ class ScriptService:
                 f"syntax {start.syntax!r} is not allowed for project"
                 f" {start.project} (allowed: {', '.join(policy.syntaxes)})",
             )
-        ticket, _new = self.store.create(ticket_id, dataclasses.asdict(start))
+        try:
+            ticket, _new = self.store.create(ticket_id, dataclasses.asdict(start))
+        except TicketStoreError as exc:  # full disk, unwritable state: refuse, keep the rest
+            log.error("refusing a start: %s", exc)
+            raise Problem(
+                507,
+                "Insufficient Storage",
+                f"the worker cannot record a new ticket, so it was not started: {exc}."
+                " Free space in the state directory (or fix its permissions) and retry;"
+                " tickets already accepted are unaffected",
+            ) from None
+        self.audit.record(
+            Event.SCRIPT_START,
+            ticket=ticket.id,
+            project=start.project,
+            syntax=start.syntax,
+            client=who.thumbprint,
+        )
         self._queued[ticket.id] = (start, ticket)
         self.scheduler.submit(
             ticket.id,
@@ -122,6 +154,10 @@ class ScriptService:
         self, _request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, dict[str, Any]]:
         ticket = self._ticket(parts[0], who)
+        if not ticket.complete:
+            self.audit.record(
+                Event.SCRIPT_CANCEL, ticket=ticket.id, project=ticket.project, client=who.thumbprint
+            )
         if ticket.id in self._queued:
             self._queued.pop(ticket.id)
             self.scheduler.finished(ticket.id)
@@ -142,6 +178,9 @@ class ScriptService:
         policy = self.policies().resolve(ticket.project)
         self.sandbox.cleanup(Request(ticket.project, run_id(ticket.id)), policy)
         self.store.complete(ticket.id)
+        self.audit.record(
+            Event.SCRIPT_COMPLETE, ticket=ticket.id, project=ticket.project, client=who.thumbprint
+        )
         return 200, self._status_body(ticket, after=-1)
 
     async def health(
@@ -207,27 +246,69 @@ class ScriptService:
         except (Refused, OSError, ValueError) as exc:
             self._done(ticket, None, f"refused: {exc}")
             return
-        ticket.running()
-        for line in running.plan.debug:
-            ticket.debug(line)
 
         def on_output(source: str, data: bytes) -> None:
-            ticket.output(source, data)
+            try:
+                ticket.output(source, data)
+            except TicketStoreError as exc:  # the output cannot be kept: stop the script
+                self._lost_output(ticket, exc)
             self._wake(ticket.id)
 
         self._drivers[ticket.id] = ScriptDriver(
             running, self.sandbox.zygote, on_output, lambda outcome: self._done(ticket, outcome, "")
         )
+        try:
+            ticket.running()
+            if running.plan.debug:
+                ticket.debug("\n".join(running.plan.debug))
+        except TicketStoreError as exc:
+            self._lost_output(ticket, exc)
+
+    def _lost_output(self, ticket: Ticket, exc: TicketStoreError) -> None:
+        driver = self._drivers.get(ticket.id)
+        if ticket.id not in self._output_lost and driver is not None:
+            log.error("stopping ticket %s: its output cannot be recorded: %s", ticket.id, exc)
+            self._output_lost[ticket.id] = f"output could not be recorded: {exc}"
+            driver.cancel()
 
     def _done(self, ticket: Ticket, outcome: Outcome | None, message: str) -> None:
         self._drivers.pop(ticket.id, None)
         self.scheduler.finished(ticket.id)
-        if outcome is None:
-            ticket.finish(FATAL, "refused", message)
+        lost = self._output_lost.pop(ticket.id, None)
+        if lost is not None:
+            exit_code, reason, message = FATAL, "output lost", lost
+        elif outcome is None:
+            exit_code, reason = FATAL, "refused"
         else:
-            ticket.finish_outcome(outcome)
+            exit_code, reason, message = (
+                exit_code_for(outcome),
+                str(outcome.reason),
+                outcome.message,
+            )
+        try:
+            ticket.finish(exit_code, reason, message)
+        except TicketStoreError as exc:  # answer from memory; recovery gives -46 after a restart
+            log.error("ticket %s: %s; its outcome is kept in memory only", ticket.id, exc)
+            ticket.finish_in_memory(exit_code, reason, f"{message} (not recorded on disk: {exc})")
+        self.audit.record(
+            Event.SCRIPT_END,
+            ticket=ticket.id,
+            project=ticket.project,
+            exit_code=exit_code,
+            reason=reason,
+        )
         self._wake(ticket.id)
         self._admit()
+
+    def purge(self, retention: float) -> None:
+        """Remove tickets no client completed within `retention`, with their working files."""
+        for ticket in self.store.purge(retention):
+            try:
+                policy = self.policies().resolve(ticket.project)
+                self.sandbox.cleanup(Request(ticket.project, run_id(ticket.id)), policy)
+            except (PolicyDenied, OSError, ValueError) as exc:
+                log.warning("purged ticket %s; its working directory stays: %s", ticket.id, exc)
+            self.audit.record(Event.TICKET_PURGED, ticket=ticket.id, project=ticket.project)
 
     def shutdown(self) -> None:
         """The reactor is stopping: kill what runs, record an outcome for every ticket."""
@@ -246,6 +327,7 @@ class ScriptService:
 
     def _authorise(self, who: Identity, project: str) -> None:
         if not who.allows(project):
+            self.audit.record(Event.CLIENT_FORBIDDEN, project=project, client=who.thumbprint)
             raise Problem(
                 403, "Forbidden", f"this client certificate is not trusted for project {project}"
             )

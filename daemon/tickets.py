@@ -16,6 +16,7 @@ ended it), otherwise one of Tentacle's reserved codes; see `exit_code_for`.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -268,6 +269,20 @@ class Ticket:
             )
         )
         self.close()
+
+    def finish_in_memory(self, exit_code: int, reason: str, message: str) -> None:
+        """The disk refused `finish`: answer the final state from memory. After a restart,
+        recovery finds the ticket unfinished and reports it as -46 with the output kept."""
+        self._record = replace(
+            self._moved(State.COMPLETE),
+            completed=self._log_clock(),
+            exit_code=exit_code,
+            reason=reason,
+            message=message,
+            log_lines=self._log.count,
+        )
+        with contextlib.suppress(TicketStoreError):
+            self.close()
 
     def finish_outcome(self, outcome: Outcome) -> None:
         self.finish(exit_code_for(outcome), str(outcome.reason), outcome.message)

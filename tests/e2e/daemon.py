@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class Worker:
     home: Path
     port: int
     process: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)  # everything the daemon printed
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -33,11 +35,27 @@ class Worker:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+        stream = self.process.stdout
+        assert stream is not None
+        for line in stream:
+            self.output.append(line)
             if "listening on" in line:
+                # keep draining, so that the daemon's log never blocks on a full pipe
+                threading.Thread(target=self.output.extend, args=(stream,), daemon=True).start()
                 return
-        raise AssertionError(f"daemon did not start: exit {self.process.wait()}")
+        raise AssertionError(f"daemon did not start: exit {self.process.wait()}:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def audit(self) -> list[dict[str, Any]]:
+        path = self.state / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    @property
+    def state(self) -> Path:
+        return self.home.parent / "state"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
@@ -66,7 +84,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _worker(tmp_path: Path) -> Iterator[Worker]:
+def _worker(tmp_path: Path, server: str = "", state: str = "") -> Iterator[Worker]:
+    """A started daemon; `server` and `state` are extra lines for those config tables."""
     home = tmp_path / "home"
     home.mkdir()
     write_pair(home / "worker.crt", home / "worker.key", "worker")
@@ -81,12 +100,14 @@ def _worker(tmp_path: Path) -> Iterator[Worker]:
     (home / "sandworker.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
+{server}
 [tls]
 certificate = "{home}/worker.crt"
 key = "{home}/worker.key"
 trust = "{home}/trust.toml"
 [state]
 directory = "{tmp_path}/state"
+{state}
 [sandbox]
 policy_dir = "{home}/policies"
 uid_min = 430000

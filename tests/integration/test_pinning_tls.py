@@ -28,8 +28,8 @@ SERVER = textwrap.dedent(
         def render_GET(self, request):
             return b"hello"
 
-    def reject(prints, reason):
-        print("REJECTED", prints.sha256, reason, file=sys.stderr, flush=True)
+    def reject(prints, reason, peer):
+        print("REJECTED", prints.sha256, reason, peer, file=sys.stderr, flush=True)
 
     home = Path(sys.argv[1])
     factory = server_context_factory(
@@ -125,7 +125,10 @@ def test_curl_trust_removed_applies_to_next_connection(worker):
     TrustStore(base / "worker" / "trust.toml").remove(parse_thumbprint(client.sha1))
     assert curl(base, port).returncode != 0
     proc.kill()
-    assert f"REJECTED {client.sha256} thumbprint not trusted" in proc.communicate(timeout=10)[1]
+    assert (
+        f"REJECTED {client.sha256} thumbprint not trusted 127.0.0.1:"
+        in proc.communicate(timeout=10)[1]
+    )
 
 
 def test_python_client_pins_worker(worker):

@@ -13,10 +13,12 @@ from twisted.internet import reactor
 from twisted.web import server
 
 from sandworker.daemon.api import Problem
-from sandworker.daemon.http import Identity, Router, make_site
+from sandworker.daemon.http import ConnectionCap, Identity, Router, make_site
 
 
 class Everyone:
+    thumbprint = "STUB"
+
     def allows(self, project: str) -> bool:
         return True
 
@@ -54,12 +56,12 @@ def main() -> None:
     }
     site = make_site(
         Router(routes, lambda _r: Everyone()),
-        max_connections=int(sys.argv[1]),
         max_body=4096,
         first_deadline=2.0,
         header_deadline=2.0,
     )
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+    capped = ConnectionCap(site, int(sys.argv[1]))
+    port = reactor.listenTCP(0, capped, interface="127.0.0.1")  # type: ignore[attr-defined]
     print(port.getHost().port, flush=True)
     reactor.run()  # type: ignore[attr-defined]
 
