@@ -1,4 +1,4 @@
-"""`sandworker script run|status|cancel|complete`: the client side of the script service."""
+"""`sandworker script run|start|status|logs|cancel|complete`: the client side of the service."""
 
 from __future__ import annotations
 
@@ -39,9 +39,7 @@ def _exit_code(status: dict[str, Any]) -> int:
     return mapped
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .client import ClientError  # noqa: PLC0415
-
+def _request(args: argparse.Namespace) -> dict[str, Any]:
     body = args.command if args.command is not None else Path(args.file).read_text()
     request: dict[str, Any] = {"project": args.project, "syntax": args.syntax, "body": body}
     if args.timeout:
@@ -50,10 +48,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         request["isolation"] = args.isolation
     if args.mutex:
         request["mutex"] = args.mutex
+    return request
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .client import ClientError  # noqa: PLC0415
+
     ticket = args.ticket or uuid.uuid4().hex
     try:
         client = _client(args)
-        client.start(ticket, request)
+        client.start(ticket, _request(args))
         final = client.follow(ticket, _print_line)
         client.complete(ticket)
     except ClientError as exc:
@@ -62,19 +66,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _exit_code(final)
 
 
+def cmd_start(args: argparse.Namespace) -> int:
+    """Start without waiting; print the ticket, for `status`, `logs`, `cancel`, `complete`."""
+    from .client import ClientError  # noqa: PLC0415
+
+    ticket = args.ticket or uuid.uuid4().hex
+    try:
+        doc = _client(args).start(ticket, _request(args))
+    except ClientError as exc:
+        print(f"sandworker: {exc}", file=sys.stderr)
+        return 1
+    print(ticket)
+    print(f"sandworker: {ticket}: {doc['state']}", file=sys.stderr)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print the log lines after --after; with --follow, until the script ends (then its code)."""
+    from .client import ClientError  # noqa: PLC0415
+
+    try:
+        client = _client(args)
+        if args.follow:
+            return _exit_code(client.follow(args.ticket, _print_line, after=args.after))
+        doc = client.status(args.ticket, args.after)
+    except ClientError as exc:
+        print(f"sandworker: {exc}", file=sys.stderr)
+        return 1
+    for line in doc["logs"]:
+        _print_line(line)
+    return 0
+
+
 def cmd_simple(args: argparse.Namespace) -> int:
     from .client import ClientError  # noqa: PLC0415
 
     try:
         client = _client(args)
-        doc = getattr(client, args.operation)(args.ticket)
+        if args.operation == "status":
+            doc = client.status(args.ticket, args.after, args.wait)
+        else:
+            doc = getattr(client, args.operation)(args.ticket)
     except ClientError as exc:
         print(f"sandworker: {exc}", file=sys.stderr)
         return 1
     for line in doc.get("logs", []):
         _print_line(line)
     print(
-        f"sandworker: {args.ticket}: {doc['state']}, exit code {doc['exit_code']}", file=sys.stderr
+        f"sandworker: {args.ticket}: {doc['state']}, exit code {doc['exit_code']},"
+        f" next_seq {doc.get('next_seq')}",
+        file=sys.stderr,
     )
     return 0
 
@@ -87,24 +128,45 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     def profile(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--profile",
-            help="client profile (default $SANDWORKER_PROFILE or"
-            " ~/.config/sandworker/profile.toml)",
+            help="client profile (default $SANDWORKER_PROFILE, else"
+            " $XDG_CONFIG_HOME or ~/.config, then sandworker/profile.toml)",
         )
 
+    def script_args(p: argparse.ArgumentParser) -> None:
+        profile(p)
+        p.add_argument("--project", required=True)
+        p.add_argument("--syntax", default="bash")
+        p.add_argument("--timeout", type=float, help="seconds (at most the policy's)")
+        p.add_argument("--isolation", choices=["full", "none"])
+        p.add_argument("--mutex", help="isolation mutex name")
+        p.add_argument("--ticket", help="ticket id (default: a new random one)")
+        what = p.add_mutually_exclusive_group(required=True)
+        what.add_argument("file", nargs="?")
+        what.add_argument("-c", dest="command", metavar="TEXT")
+
     run = script.add_parser("run", help="start a script, stream its output, exit with its code")
-    profile(run)
-    run.add_argument("--project", required=True)
-    run.add_argument("--syntax", default="bash")
-    run.add_argument("--timeout", type=float, help="seconds (at most the policy's)")
-    run.add_argument("--isolation", choices=["full", "none"])
-    run.add_argument("--mutex", help="isolation mutex name")
-    run.add_argument("--ticket", help="ticket id (default: a new random one)")
-    what = run.add_mutually_exclusive_group(required=True)
-    what.add_argument("file", nargs="?")
-    what.add_argument("-c", dest="command", metavar="TEXT")
+    script_args(run)
     run.set_defaults(func=cmd_run)
+    start = script.add_parser("start", help="start a script and print its ticket")
+    script_args(start)
+    start.set_defaults(func=cmd_start)
+    logs = script.add_parser("logs", help="print a ticket's log lines")
+    profile(logs)
+    logs.add_argument("ticket")
+    logs.add_argument("--after", type=int, default=-1, help="only lines after this sequence")
+    logs.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing until the script ends; exit with its code",
+    )
+    logs.set_defaults(func=cmd_logs)
     for operation in ("status", "cancel", "complete"):
         sub = script.add_parser(operation, help=f"{operation} a ticket")
         profile(sub)
         sub.add_argument("ticket")
+        if operation == "status":
+            sub.add_argument("--after", type=int, default=-1, help="only lines after this sequence")
+            sub.add_argument(
+                "--wait", type=int, default=0, help="long-poll up to this many seconds"
+            )
         sub.set_defaults(func=cmd_simple, operation=operation)

@@ -22,6 +22,11 @@ PROFILE_ENV = "SANDWORKER_PROFILE"
 POLL_SECONDS = 30  # long-poll window per status call
 
 
+def default_profile() -> Path:
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / "sandworker" / "profile.toml"
+
+
 class ClientError(Exception):
     """The worker could not be reached or refused the call; the message says why."""
 
@@ -35,10 +40,11 @@ class Profile:
 
     @classmethod
     def load(cls, path: Path | None = None) -> Profile:
-        """From `path`, else $SANDWORKER_PROFILE, else ~/.config/sandworker/profile.toml."""
+        """From `path`, else $SANDWORKER_PROFILE, else the user's config directory
+        ($XDG_CONFIG_HOME, or ~/.config)/sandworker/profile.toml."""
         if path is None:
             env = os.environ.get(PROFILE_ENV)
-            path = Path(env) if env else Path.home() / ".config" / "sandworker" / "profile.toml"
+            path = Path(env) if env else default_profile()
         try:
             data = tomllib.loads(path.read_text())
             base = path.parent

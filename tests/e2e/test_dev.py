@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def dev(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     for line in proc.stdout:
         banner.append(line)
         if "listening on" in line:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain its log
             break
     try:
         yield tmp_path / "dev-home", "".join(banner)
@@ -85,3 +87,60 @@ def test_wrong_pin_is_refused_with_both_thumbprints(dev: tuple[Path, str]) -> No
         profile.write_text(good)
     assert result.returncode == 125
     assert "expected SHA-256 " + "AB" * 32 in result.stderr and actual in result.stderr
+
+
+def detached(home: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SANDWORKER, "script", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_the_detached_flow_with_the_profile_from_the_environment(dev: tuple[Path, str]) -> None:
+    home, _ = dev
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "SANDWORKER_PROFILE": str(home / "profile.toml"),
+    }
+    started = detached(
+        home, "start", "--project", "demo", "-c", "echo one; sleep 1; echo two; exit 4", env=env
+    )
+    assert started.returncode == 0, started.stderr
+    ticket = started.stdout.strip()
+    followed = detached(home, "logs", ticket, "--follow", env=env)
+    assert followed.returncode == 4 and followed.stdout == "one\ntwo\n", followed
+    status = detached(home, "status", ticket, "--after", "0", "--wait", "1", env=env)
+    assert "complete, exit code 4" in status.stderr, status
+    assert detached(home, "logs", ticket, env=env).stdout == "one\ntwo\n"
+    assert detached(home, "complete", ticket, env=env).returncode == 0
+
+
+def test_the_default_profile_lives_in_the_users_config_directory(
+    dev: tuple[Path, str], tmp_path: Path
+) -> None:
+    home, _ = dev
+    config = tmp_path / "xdg" / "sandworker"
+    config.mkdir(parents=True)
+    for name in ("profile.toml", "client.crt", "client.key"):
+        (config / name).write_bytes((home / name).read_bytes())
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+    }
+    started = detached(home, "start", "--project", "demo", "-c", "sleep 30", env=env)
+    assert started.returncode == 0, started.stderr
+    ticket = started.stdout.strip()
+    assert detached(home, "cancel", ticket, env=env).returncode == 0
+    followed = detached(home, "logs", ticket, "--follow", env=env)
+    assert (
+        followed.returncode == 130 and "exit code -43: the script was cancelled" in followed.stderr
+    )
+    missing = detached(home, "status", "x", env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert missing.returncode == 1 and "cannot use profile" in missing.stderr
+    assert str(tmp_path / ".config" / "sandworker" / "profile.toml") in missing.stderr
