@@ -50,7 +50,8 @@ class Identity(Protocol):
     def thumbprint(self) -> str: ...  # SHA-256 of the client certificate, for the audit
 
 
-Handler = Callable[[server.Request, list[str], Identity], Awaitable[tuple[int, dict[str, Any]]]]
+Body = dict[str, Any] | bytes  # a document, or one already encoded as JSON
+Handler = Callable[[server.Request, list[str], Identity], Awaitable[tuple[int, Body]]]
 
 
 def _send(request: server.Request, status: int, body: bytes, content_type: bytes) -> None:
@@ -88,7 +89,8 @@ class Router(resource.Resource):
                 raise Problem(403, "Forbidden", "this client certificate is no longer trusted")
             handler, parts = self._route(request)
             status, body = await handler(request, parts, identity)
-            _send(request, status, json.dumps(body).encode() + b"\n", JSON)
+            encoded = body if isinstance(body, bytes) else json.dumps(body).encode() + b"\n"
+            _send(request, status, encoded, JSON)
         except Problem as problem:
             _send(request, problem.status, problem.body(), PROBLEM)
         except Exception:  # a bug must not leave the client hanging

@@ -303,6 +303,10 @@ class Ticket:
     def read_after(self, after: int, limit: int) -> list[LogLine]:
         return self._persist(lambda: self._log.read_after(after, limit), "read")
 
+    def read_raw_after(self, after: int, limit: int) -> tuple[bytes, int]:
+        """The lines after `after` as the bytes of a JSON array, and how many there are."""
+        return self._persist(lambda: self._log.read_raw_after(after, limit), "read")
+
     def sync(self) -> None:
         self._persist(self._log.sync)
 

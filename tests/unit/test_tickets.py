@@ -5,16 +5,18 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import stat
 import subprocess
 from collections.abc import Iterator
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandworker.daemon import tickets, ticketstore
-from sandworker.daemon.ticketlog import INDEX_STRIDE, LineFramer
+from sandworker.daemon.ticketlog import INDEX_STRIDE, LineFramer, _escape_each
 from sandworker.daemon.tickets import (
     CANCELLED,
     FATAL,
@@ -515,3 +517,16 @@ def test_a_really_full_disk_refuses_new_tickets_and_keeps_accepted_ones(
     again = fresh.get("first")
     assert again is not None and again.read_after(persisted - 2, 10)[0]["seq"] == persisted - 1
     fresh.close()
+
+
+def test_batch_escaping_equals_escaping_each_line_alone() -> None:
+    # The fast path encodes many lines in one call; backslashes, quotes, controls, U+2028
+    # and embedded newlines must come out exactly as the per-line encoder writes them.
+    rng = random.Random(1234)  # noqa: S311 - reproducible test data, not secrets
+    alphabet = 'ab"\\\r\t\x00\x1fé\u2028{}n\n'
+    for _ in range(3000):
+        texts = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+            for _ in range(rng.randint(0, 20))
+        ]
+        assert _escape_each(texts) == [encode_basestring(t)[1:-1] for t in texts], texts
