@@ -89,11 +89,19 @@ def test_kill_minus_9_then_restart_answers_minus_46_with_the_output(worker: Work
     assert (body["state"], body["exit_code"]) == ("complete", -46)
     assert "before" in lines(body)
     assert any("result lost" in text for text in lines(body, "debug"))
+    uid = "430000"  # the first uid of the fixture's range: project web's
+    leftovers = subprocess.run(["pgrep", "-u", uid], capture_output=True, check=False)
+    assert leftovers.stdout == b"", leftovers  # nothing of the interrupted run survived
 
 
 def test_health_and_capabilities(worker: Worker) -> None:
     _, health = worker.call("GET", "/v1/health")
     assert health["status"] == "ok" and health["builtin_worker"] is True
+    assert health["version"] and (health["running"], health["queued"]) == (0, 0)
+    assert health["layers"]["account"] == "ok" and set(health["layers"]) >= {"mount", "pid"}
+    worker.call("PUT", "/v1/scripts/h1", {"project": "web", "body": "echo go; sleep 30"})
+    worker.call("GET", "/v1/scripts/h1?wait=5")
+    assert worker.call("GET", "/v1/health")[1]["running"] == 1
     _, caps = worker.call("GET", "/v1/capabilities")
     assert "bash" in caps["syntaxes"] and caps["protocol"] == 1
 
@@ -130,3 +138,51 @@ def test_a_finished_script_is_reported_at_once_not_after_a_drain_timeout(worker:
         "PUT", "/v1/scripts/quick", {"project": "web", "body": "true", "wait_seconds": 20}
     )
     assert body["state"] == "complete" and time.monotonic() - began < 1.0
+
+
+def _wait_state(worker: Worker, ticket: str, state: str, seconds: float = 15) -> dict[str, object]:
+    deadline = time.monotonic() + seconds
+    while True:
+        _, body = worker.call("GET", f"/v1/scripts/{ticket}?wait=1")
+        if body["state"] == state or time.monotonic() > deadline:
+            return body
+
+
+def test_a_full_isolation_mutex_queues_the_second_script_and_says_for_whom(
+    worker: Worker,
+) -> None:
+    first = {"project": "web", "body": "echo one; sleep 2", "isolation": "full", "mutex": "m"}
+    second = {"project": "web", "body": "echo two", "isolation": "full", "mutex": "m"}
+    worker.call("PUT", "/v1/scripts/mx-1", first)
+    _wait_state(worker, "mx-1", "running")
+    worker.call("PUT", "/v1/scripts/mx-2", second)
+    waiting = worker.call("GET", "/v1/scripts/mx-2")[1]
+    assert waiting["state"] == "pending"
+    assert any("mx-1" in text for text in lines(waiting, "debug")), waiting
+    done = _wait_state(worker, "mx-2", "complete")
+    first_done = worker.call("GET", "/v1/scripts/mx-1")[1]
+    assert first_done["state"] == "complete" and lines(done) == ["two"]
+
+
+def test_a_mutex_acquire_timeout_ends_the_waiting_script_with_minus_44(worker: Worker) -> None:
+    hold = {"project": "web", "body": "sleep 10", "isolation": "full", "mutex": "t"}
+    worker.call("PUT", "/v1/scripts/to-1", hold)
+    _wait_state(worker, "to-1", "running")
+    waiter = dict(hold, body="echo never", acquire_timeout=1)
+    worker.call("PUT", "/v1/scripts/to-2", waiter)
+    body = _wait_state(worker, "to-2", "complete")
+    assert body["exit_code"] == -44 and lines(body) == []
+    worker.call("POST", "/v1/scripts/to-1/cancel")
+
+
+def test_the_policys_per_project_concurrency_queues_the_rest(worker: Worker) -> None:
+    # project web's policy (tests/e2e/daemon.py) leaves concurrency at the default of 4
+    for n in range(5):
+        worker.call("PUT", f"/v1/scripts/cc-{n}", {"project": "web", "body": "sleep 3"})
+    time.sleep(1)
+    states = [worker.call("GET", f"/v1/scripts/cc-{n}")[1]["state"] for n in range(5)]
+    assert states.count("running") == 4 and states.count("pending") == 1, states
+    health = worker.call("GET", "/v1/health")[1]
+    assert (health["running"], health["queued"]) == (4, 1)
+    last = _wait_state(worker, f"cc-{states.index('pending')}", "complete", 20)
+    assert last["exit_code"] == 0
