@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .ticketlog import rfc3339
+
 log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.jsonl"
@@ -39,10 +41,6 @@ class Event(enum.StrEnum):
     TICKET_PURGED = "ticket.purged"
 
 
-def _stamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-
-
 class AuditLog:
     """Appends records with one `write()` each (O_APPEND: whole lines even if shared).
 
@@ -56,7 +54,7 @@ class AuditLog:
         os.fchmod(self._fd, 0o600)
 
     def record(self, event: Event, **fields: Any) -> None:
-        entry = {"time": _stamp(self._clock()), "event": str(event), **fields}
+        entry = {"time": rfc3339(self._clock()), "event": str(event), **fields}
         line = json.dumps(entry, sort_keys=False, ensure_ascii=True) + "\n"
         try:
             os.write(self._fd, line.encode())

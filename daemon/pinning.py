@@ -39,7 +39,7 @@ RejectHook = Callable[[CertPrints, str, str], None]
 """Called with the thumbprints of a refused client certificate, the reason and the peer."""
 
 
-def _log_rejection(prints: CertPrints, reason: str, peer: str) -> None:
+def log_rejection(prints: CertPrints, reason: str, peer: str) -> None:
     log.warning(
         "refused client certificate SHA-256 %s (SHA-1 %s) from %s: %s",
         prints.sha256,
@@ -94,7 +94,7 @@ def server_context_factory(
     cert_path: Path,
     key_path: Path,
     trust: TrustStore,
-    on_reject: RejectHook = _log_rejection,
+    on_reject: RejectHook = log_rejection,
 ) -> PinningContextFactory:
     """The listener's TLS context: TLS >= 1.2, ECDHE+AEAD, no resumption, client pinned."""
 

@@ -24,7 +24,7 @@ from .audit import AUDIT_FILE, AuditLog, Event
 from .certs import CertPrints, certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
 from .http import ConnectionCap, Router, make_site
-from .pinning import identify, server_context_factory
+from .pinning import identify, log_rejection, server_context_factory
 from .scheduler import Scheduler
 from .service import ScriptService
 from .tickets import RESULT_LOST, TicketStoreError
@@ -56,9 +56,7 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     trust = TrustStore(Path(config["tls.trust"]))
 
     def refused(prints: CertPrints, reason: str, peer: str) -> None:
-        log.warning(
-            "refused client certificate SHA-256 %s from %s: %s", prints.sha256, peer, reason
-        )
+        log_rejection(prints, reason, peer)
         audit.record(
             Event.CLIENT_REFUSED, peer=peer, client=prints.sha256, sha1=prints.sha1, reason=reason
         )

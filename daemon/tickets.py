@@ -254,26 +254,22 @@ class Ticket:
 
     def finish(self, exit_code: int, reason: str, message: str) -> None:
         """Flush unfinished lines, fsync the log, then record the final state."""
-        target = self._moved(State.COMPLETE)
+        self._moved(State.COMPLETE)  # refuse a bad transition before writing anything
         for source, framer in self._framers.items():
             self._append(source, framer.flush())
         self._persist(self._log.sync)
-        self._commit(
-            replace(
-                target,
-                completed=self._log_clock(),
-                exit_code=exit_code,
-                reason=reason,
-                message=message,
-                log_lines=self._log.count,
-            )
-        )
+        self._commit(self._final(exit_code, reason, message))
         self.close()
 
     def finish_in_memory(self, exit_code: int, reason: str, message: str) -> None:
         """The disk refused `finish`: answer the final state from memory. After a restart,
         recovery finds the ticket unfinished and reports it as -46 with the output kept."""
-        self._record = replace(
+        self._record = self._final(exit_code, reason, message)
+        with contextlib.suppress(TicketStoreError):
+            self.close()
+
+    def _final(self, exit_code: int, reason: str, message: str) -> TicketRecord:
+        return replace(
             self._moved(State.COMPLETE),
             completed=self._log_clock(),
             exit_code=exit_code,
@@ -281,11 +277,6 @@ class Ticket:
             message=message,
             log_lines=self._log.count,
         )
-        with contextlib.suppress(TicketStoreError):
-            self.close()
-
-    def finish_outcome(self, outcome: Outcome) -> None:
-        self.finish(exit_code_for(outcome), str(outcome.reason), outcome.message)
 
     def output(self, source: str, data: bytes) -> None:
         """Raw bytes from the script's stdout or stderr pipe."""

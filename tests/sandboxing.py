@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import shutil
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -150,6 +152,17 @@ def running(
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "background script did not stop after cancel"
+
+
+@contextmanager
+def scratch_dir(prefix: str, mode: int = 0o755) -> Iterator[Path]:
+    """A directory in /var/tmp that project uids can traverse (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    path.chmod(mode)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
 
 
 def processes_of_uid(uid: int) -> list[psutil.Process]:

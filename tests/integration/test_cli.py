@@ -6,11 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.sandboxing import scratch_dir
 
 pytestmark = pytest.mark.root
 
@@ -68,12 +69,8 @@ def _package_copy(state: Path) -> Path:
 
 @pytest.fixture
 def state() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="sandworker-cli-", dir="/var/tmp"))
-    base.chmod(0o755)
-    try:
+    with scratch_dir("sandworker-cli-") as base:
         yield base
-    finally:
-        shutil.rmtree(base)
 
 
 def test_run_streams_output_and_returns_the_scripts_exit_code(state: Path) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import signal
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,15 @@ from sandworker.sandbox.layers import Layer
 from sandworker.sandbox.outcome import Reason
 from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.workspace import WorkspaceError
-from tests.sandboxing import make_policy, new_sandbox, processes_of_uid, project_uid, run, running
+from tests.sandboxing import (
+    make_policy,
+    new_sandbox,
+    processes_of_uid,
+    project_uid,
+    run,
+    running,
+    scratch_dir,
+)
 
 pytestmark = pytest.mark.root
 
@@ -163,12 +169,8 @@ def test_cgroup_limits_are_written_and_the_script_is_inside(sandbox: Sandbox) ->
 @pytest.fixture
 def open_sandbox() -> Iterator[Sandbox]:
     """A sandbox whose state dir any uid can traverse, for runs without the mount layer."""
-    base = Path(tempfile.mkdtemp(prefix="sandworker-test-", dir="/var/tmp"))
-    base.chmod(0o711)
-    try:
+    with scratch_dir("sandworker-test-", 0o711) as base:
         yield new_sandbox(base)
-    finally:
-        shutil.rmtree(base)
 
 
 def test_landlock_alone_blocks_writes_outside_the_workspace(open_sandbox: Sandbox) -> None:

@@ -14,12 +14,13 @@ import pty
 import select
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.sandboxing import scratch_dir
 
 pytestmark = pytest.mark.root
 
@@ -39,12 +40,8 @@ require = ["session", "descriptors", "account"]
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sandworker-tty-", dir="/var/tmp"))
-    path.chmod(0o755)
-    try:
+    with scratch_dir("sandworker-tty-") as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def on_a_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
