@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 import tomllib
 import urllib.parse
 from collections.abc import Callable
@@ -16,10 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .pinclient import client_context
 
 PROFILE_ENV = "SANDWORKER_PROFILE"
 POLL_SECONDS = 30  # long-poll window per status call
+# Every status answer repeats its state and next_seq as headers, so a client can ask for the
+# next page before it has parsed this one.
+STATE_HEADER = b"sandworker-state"
+NEXT_SEQ_HEADER = b"sandworker-next-seq"
 
 
 def default_profile() -> Path:
@@ -60,46 +67,111 @@ class Profile:
             ) from None
 
 
+class _Channel:
+    """One kept-alive HTTPS connection to the worker, with at most one request in flight.
+
+    A request on a connection the worker had closed while it idled is sent once more on a
+    new one (status, start and cancel are idempotent; complete answers the same again)."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        self._where, self._context = (host, port), context
+        self._conn: http.client.HTTPSConnection | None = None
+        self._reused = False  # the connection has answered before: it may have gone stale
+        self._request: tuple[str, str, bytes | None] | None = None  # in flight
+
+    def send(self, method: str, path: str, body: object = None) -> None:
+        if self._request is not None:  # an answer nobody read: the connection is unusable
+            self.close()
+        self._request = (method, path, None if body is None else json.dumps(body).encode())
+        self._send(retry=True)
+
+    def receive(self) -> http.client.HTTPResponse:
+        """The answer to the request in flight: status and headers read, the body not yet."""
+        assert self._conn is not None and self._request is not None, "receive() without send()"
+        try:
+            response = self._conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not self._reused:
+                raise self._closed() from None
+            self.close()
+            self._send(retry=False)
+            return self.receive()
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        self._request, self._reused = None, True
+        return response
+
+    def decode(self, response: http.client.HTTPResponse) -> tuple[int, dict[str, Any]]:
+        try:
+            raw = response.read()
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        try:
+            return response.status, orjson.loads(raw or b"{}")
+        except ValueError:
+            raise ClientError(
+                f"the worker at {self._name()} answered {response.status} with a body that"
+                " is not JSON; is the URL that of a sandworker?"
+            ) from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn, self._reused = None, False
+
+    def _send(self, *, retry: bool) -> None:
+        assert self._request is not None
+        method, path, data = self._request
+        if self._conn is None:
+            host, port = self._where
+            self._conn = http.client.HTTPSConnection(
+                host, port, context=self._context, timeout=POLL_SECONDS + 30
+            )
+        try:
+            self._conn.request(
+                method, path, body=data, headers={"content-type": "application/json"}
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            if not (retry and self._reused):
+                raise self._closed() from None
+            self.close()
+            self._send(retry=False)
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+
+    def _name(self) -> str:
+        host, port = self._where
+        return f"{host}:{port}"
+
+    def _closed(self) -> ClientError:
+        self.close()
+        return ClientError(f"the worker at {self._name()} closed the connection")
+
+    def _unreachable(self, exc: OSError) -> ClientError:
+        self.close()
+        return ClientError(f"cannot reach the worker at {self._name()}: {exc}")
+
+
 class Client:
     def __init__(self, profile: Profile) -> None:
         parsed = urllib.parse.urlsplit(profile.url)
         if parsed.scheme != "https" or not parsed.hostname:
             raise ClientError(f"worker URL {profile.url!r} must be https://HOST:PORT")
-        self._host, self._port = parsed.hostname, parsed.port or 10933
-        self._context = client_context(profile.certificate, profile.key, profile.thumbprint)
-        self._conn: http.client.HTTPSConnection | None = None
+        context = client_context(profile.certificate, profile.key, profile.thumbprint)
+        host, port = parsed.hostname, parsed.port or 10933
+        # The second channel lets `follow` fetch the next page while this one is parsed.
+        self._channels = (_Channel(host, port, context), _Channel(host, port, context))
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, dict[str, Any]]:
-        """One request on a kept-alive connection (reconnecting once if it was closed)."""
-        data = None if body is None else json.dumps(body).encode()
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, context=self._context, timeout=POLL_SECONDS + 30
-                )
-            try:
-                self._conn.request(
-                    method, path, body=data, headers={"content-type": "application/json"}
-                )
-                response = self._conn.getresponse()
-                return response.status, json.loads(response.read() or b"{}")
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
-                if attempt == 2:
-                    raise ClientError(
-                        f"the worker at {self._host}:{self._port} closed the connection"
-                    ) from None
-            except OSError as exc:
-                self.close()
-                raise ClientError(
-                    f"cannot reach the worker at {self._host}:{self._port}: {exc}"
-                ) from None
-        raise AssertionError("unreachable")
+        """One request on a kept-alive connection: the status code and the JSON answer."""
+        channel = self._channels[0]
+        channel.send(method, path, body)
+        return channel.decode(channel.receive())
 
     def checked(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         status, doc = self.call(method, path, body)
         if status >= 400:
-            raise ClientError(f"{status} {doc.get('title', '')}: {doc.get('detail', doc)}")
+            raise _refused(status, doc)
         return doc
 
     def start(self, ticket: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -117,16 +189,46 @@ class Client:
     def follow(
         self, ticket: str, on_line: Callable[[dict[str, Any]], None], after: int = -1
     ) -> dict[str, Any]:
-        """Long-poll until the ticket is complete, passing every new line on; the last status."""
+        """Long-poll until the ticket is complete, passing every new line on; the last status.
+
+        Pages alternate between the two channels: as soon as one answer's headers say where
+        it ends, the next page is asked for on the other, and the worker prepares it while
+        this one is read and parsed."""
+        page = f"/v1/scripts/{ticket}?wait={POLL_SECONDS}&after="
+        current, other = self._channels
+        current.send("GET", page + str(after))
+        response = current.receive()
         while True:
-            doc = self.status(ticket, after, POLL_SECONDS)
+            ahead = _next_after(response)
+            if ahead is not None:
+                other.send("GET", page + str(ahead))
+            status, doc = current.decode(response)
+            if status >= 400:
+                raise _refused(status, doc)
+            if ahead is not None and ahead != doc["next_seq"] - 1:
+                raise ClientError(f"the worker's answer for ticket {ticket} contradicts itself")
             for line in doc["logs"]:
                 on_line(line)
-            after = doc["next_seq"] - 1
             if doc["state"] == "complete":
                 return doc
+            if ahead is None:  # a worker without the headers: one page after the other
+                other.send("GET", page + str(doc["next_seq"] - 1))
+            current, other = other, current
+            response = current.receive()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for channel in self._channels:
+            channel.close()
+
+
+def _next_after(response: http.client.HTTPResponse) -> int | None:
+    """The `after` of the page following this answer, if it says so and there is one."""
+    state = response.getheader(STATE_HEADER.decode())
+    next_seq = response.getheader(NEXT_SEQ_HEADER.decode(), "")
+    if response.status >= 400 or state in (None, "complete") or not next_seq.isdigit():
+        return None
+    return int(next_seq) - 1
+
+
+def _refused(status: int, doc: dict[str, Any]) -> ClientError:
+    return ClientError(f"{status} {doc.get('title', '')}: {doc.get('detail', doc)}")

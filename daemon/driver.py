@@ -8,6 +8,8 @@ reactor instead of a blocking loop and applies the same `Supervision` rules as
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import time
@@ -24,6 +26,10 @@ from sandworker.sandbox.zygote import Zygote, ZygoteError
 
 TICK_SECONDS = 0.05
 DRAIN_SECONDS = 2.0  # after the launcher exits, how long leftover output may still arrive
+# A chatty script fills a bigger pipe between two reads, and each read hands on a bigger
+# batch: fewer reactor turns and appends per megabyte. (Root is not held to pipe-max-size.)
+PIPE_BYTES = 1024 * 1024
+READ_BYTES = 256 * 1024
 
 
 class _Reactor(Protocol):
@@ -52,7 +58,7 @@ class _Reader:
             self.on_data(b"")
             return
         try:
-            data = os.read(self.fd, 65536)
+            data = os.read(self.fd, READ_BYTES)
         except BlockingIOError:
             return
         self.on_data(data)
@@ -90,6 +96,9 @@ class ScriptDriver:
             (running.pidfd, lambda _data: self._exited()),
         ):
             os.set_blocking(fd, False)
+            if fd in (running.stdout, running.stderr):
+                with contextlib.suppress(OSError):  # a smaller pipe is slower, not wrong
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             self._readers[fd] = _Reader(fd, handler, read=fd != running.pidfd)
             reactor.addReader(self._readers[fd])
         self._ticker = task.LoopingCall(self._tick)

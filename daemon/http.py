@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from OpenSSL import SSL
@@ -50,16 +51,28 @@ class Identity(Protocol):
     def thumbprint(self) -> str: ...  # SHA-256 of the client certificate, for the audit
 
 
-Body = dict[str, Any] | bytes  # a document, or one already encoded as JSON
+@dataclass(frozen=True)
+class Encoded:
+    """A document already encoded as JSON, and headers to send with it."""
+
+    body: bytes
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+
+
+Body = dict[str, Any] | Encoded
 Handler = Callable[[server.Request, list[str], Identity], Awaitable[tuple[int, Body]]]
 
 
-def _send(request: server.Request, status: int, body: bytes, content_type: bytes) -> None:
+def _send(request: server.Request, status: int, reply: Encoded, content_type: bytes) -> None:
     if request.finished or request._disconnected:
         return
+    body = reply.body
     request.setResponseCode(status)
+    for name, value in reply.headers.items():
+        request.setHeader(name, value)
     request.setHeader(b"content-type", content_type)
     request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", b"%d" % len(body))  # one piece, not chunked
     request.write(body)
     request.finish()
 
@@ -89,14 +102,16 @@ class Router(resource.Resource):
                 raise Problem(403, "Forbidden", "this client certificate is no longer trusted")
             handler, parts = self._route(request)
             status, body = await handler(request, parts, identity)
-            encoded = body if isinstance(body, bytes) else json.dumps(body).encode() + b"\n"
+            encoded = (
+                body if isinstance(body, Encoded) else Encoded(json.dumps(body).encode() + b"\n")
+            )
             _send(request, status, encoded, JSON)
         except Problem as problem:
-            _send(request, problem.status, problem.body(), PROBLEM)
+            _send(request, problem.status, Encoded(problem.body()), PROBLEM)
         except Exception:  # a bug must not leave the client hanging
             log.err(None, "unhandled error serving a request")
             failure = Problem(500, "Internal Server Error", "the worker failed; see its log")
-            _send(request, 500, failure.body(), PROBLEM)
+            _send(request, 500, Encoded(failure.body()), PROBLEM)
 
     def _route(self, request: server.Request) -> tuple[Handler, list[str]]:
         path = request.path.decode("ascii", "replace")

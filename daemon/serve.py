@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import sys
@@ -32,6 +33,9 @@ from .ticketstore import TicketStore
 from .trust import TrustError, TrustStore
 
 EXIT_CONFIG = 2
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_MMAP_THRESHOLD = 16 << 20  # above the largest status page (MAX_PAGE_BYTES, 8 MiB)
+_TRIM_THRESHOLD = 32 << 20
 log = logging.getLogger("sandworker.daemon")
 reactor: Any = _reactor
 
@@ -124,6 +128,21 @@ def dev_home(base: Path) -> Path:
     return config
 
 
+def _keep_large_buffers() -> None:
+    """Let glibc reuse freed megabyte buffers instead of mapping fresh pages for each one.
+
+    A status page is a few megabytes, copied a few times on its way into TLS. By default
+    glibc maps each such buffer and unmaps it when freed, so every page of every copy is
+    faulted in and zeroed again: half of the daemon's CPU time while serving a chatty
+    script's log. With fixed thresholds they come from the heap, and at most
+    _TRIM_THRESHOLD bytes of freed heap stay with the process. Other C libraries keep
+    their own defaults."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         args.config = str(dev_home(Path.cwd() / "dev-home"))
@@ -137,6 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     start_logging()
+    _keep_large_buffers()
     try:
         config = load_config(Path(args.config))
         factory, store, service, audit = build(config)

@@ -30,14 +30,16 @@ from sandworker.sandbox.syntaxes import SYNTAXES
 
 from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request
 from .audit import AuditLog, Event
+from .client import NEXT_SEQ_HEADER, STATE_HEADER
 from .driver import ScriptDriver, reactor
-from .http import Body, Handler, Identity
+from .http import Body, Encoded, Handler, Identity
 from .scheduler import Scheduler
 from .tickets import (
     CANCELLED,
     FATAL,
     TIMEOUT,
     InvalidTicketId,
+    State,
     Ticket,
     TicketStoreError,
     exit_code_for,
@@ -340,17 +342,26 @@ class ScriptService:
         self._authorise(who, ticket.project)
         return ticket
 
-    def _status_body(self, ticket: Ticket, after: int) -> bytes:
-        """The status document, encoded: the stored log lines are spliced in as they are."""
+    def _status_body(self, ticket: Ticket, after: int) -> Encoded:
+        """The status document, encoded: the stored log lines are spliced in as they are.
+
+        A page holds at most MAX_LINES_PER_STATUS lines. One that stops short of the end of a
+        finished ticket's log says `running`: a client that polls until `complete` (as
+        Tentacle's does) must not stop before it has every line. The state and `next_seq`
+        are also headers, so a client may ask for the next page before parsing this one."""
         logs, count = ticket.read_raw_after(after, MAX_LINES_PER_STATUS)
+        next_seq = max(after + 1, 0) + count
+        final = not ticket.complete or next_seq >= ticket.next_seq
+        state = ticket.state if final else State.RUNNING
         head = {
             "ticket": ticket.id,
-            "state": str(ticket.state),
-            "exit_code": ticket.exit_code,
-            "message": ticket.message,
-            "next_seq": max(after + 1, 0) + count,
+            "state": str(state),
+            "exit_code": ticket.exit_code if final else None,
+            "message": ticket.message if final else "",
+            "next_seq": next_seq,
         }
-        return json.dumps(head)[:-1].encode() + b', "logs": ' + logs + b"}\n"
+        body = b"".join((json.dumps(head)[:-1].encode(), b', "logs": ', logs, b"}\n"))
+        return Encoded(body, {STATE_HEADER: str(state).encode(), NEXT_SEQ_HEADER: b"%d" % next_seq})
 
     async def _wait(self, ticket_id: str, seconds: float, *, until_complete: bool) -> None:
         deadline = time.monotonic() + seconds

@@ -16,25 +16,27 @@ a torn last line, which `TicketLog.open` cuts away.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import enum
 import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import TypedDict, cast
 
 LOG_FILE = "log.jsonl"
-MAX_LINE_CHARS = 16 * 1024  # longer lines are split into several; a line is at most 64 KiB
+MAX_LINE_BYTES = 16 * 1024  # longer lines are split into several
 INDEX_STRIDE = 256  # the index keeps the byte offset of every 256th line
 SYNC_INTERVAL = 0.2  # seconds between fsyncs of a log that keeps growing
 _READ_CHUNK = 256 * 1024
+MAX_PAGE_BYTES = 8 * 1024 * 1024  # of stored entries in one status answer; an entry is < 100 KiB
 # One line of log.jsonl; the text is quoted by the JSON encoder, so it is always one JSON string.
-_ENTRY = '{"seq": %%d, "source": "%s", "time": "%s", "text": "%%s"}\n'
+_ENTRY = '{"seq": %%d, "source": "%s", "time": "%s", "text": "%%b"}\n'
+# The bytes that stand for themselves inside a JSON string: printable ASCII but `"` and `\\`.
+_PLAIN = bytes(b for b in range(0x20, 0x80) if b not in b'"\\') + b"\n"
 _quote = encode_basestring  # the C encoder of one JSON string, non-ASCII kept as is
 
 Opener = Callable[[int], int]  # open log.jsonl with these flags, return the descriptor
@@ -59,62 +61,77 @@ def rfc3339(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def split_long(text: str, limit: int = MAX_LINE_CHARS) -> list[str]:
-    """One line of text as one or more lines of at most `limit` characters."""
-    return [text[i : i + limit] for i in range(0, len(text), limit)] or [""]
+def text_lines(text: str, limit: int = MAX_LINE_BYTES) -> list[bytes]:
+    """The daemon's own text (debug remarks) as escaped lines, split like a script's."""
+    raw = text.encode("utf-8", "replace")  # a lone surrogate (an odd file name) becomes "?"
+    return escape([piece for line in raw.split(b"\n") for piece in _cut(line, limit)])
+
+
+def _cut(raw: bytes, limit: int) -> list[bytes]:
+    """`raw` in pieces of at most `limit` bytes, never splitting a UTF-8 character (a run of
+    more than three continuation bytes is invalid anyway, and is cut where it stands)."""
+    pieces: list[bytes] = []
+    while len(raw) > limit:
+        cut = limit
+        while cut > limit - 3 and raw[cut] & 0xC0 == 0x80:
+            cut -= 1
+        pieces.append(raw[:cut])
+        raw = raw[cut:]
+    pieces.append(raw)
+    return pieces
+
+
+def escape(lines: list[bytes]) -> list[bytes]:
+    """Each raw line (no newline in it) as the inside of a JSON string, in UTF-8: invalid
+    UTF-8 becomes U+FFFD; quotes, backslashes and control characters are escaped."""
+    texts = [line.decode("utf-8", "replace") for line in lines]
+    joined = "\n".join(texts)
+    if len(texts) >= 8 and "\\" not in joined:  # one encoder call for them all
+        pieces = _quote(joined)[1:-1].split("\\n")
+        if len(pieces) == len(texts):
+            return [piece.encode() for piece in pieces]
+    return [_quote(text)[1:-1].encode() for text in texts]
 
 
 class LineFramer:
-    """Turns one pipe's raw chunks into lines of text.
+    """Turns one pipe's raw chunks into lines, each escaped as the inside of a JSON string.
 
-    - Lines end at `\\n`; a `\\r\\n` ending counts as one line ending. A bare `\\r` (progress
-      bars) stays in the text, where JSON escapes it.
-    - Invalid UTF-8 becomes U+FFFD. The decoder is incremental, so a character split across
-      two chunks survives.
-    - Lines longer than `limit` characters are split; an unfinished line is cut as soon as it
-      exceeds the limit, so memory stays bounded however long a script prints without `\\n`.
+    - Lines end at `\\n`; a `\\r\\n` ending counts as one line ending. A bare `\\r`
+      (progress bars) stays in the text, where JSON escapes it.
+    - Invalid UTF-8 becomes U+FFFD. Lines are cut from the bytes (a newline byte is never
+      part of a UTF-8 character), so a character split across two chunks survives.
+    - Lines longer than `limit` bytes are split, at a character boundary; an unfinished line
+      is cut as soon as it exceeds the limit, so memory stays bounded however long a script
+      prints without `\\n`.
     - `flush()` at the end returns the unfinished last line, if any.
+
+    The common case, a chunk of printable ASCII without quotes or backslashes, needs no
+    decoding or escaping: its lines are returned as they are (C-level checks only).
     """
 
-    def __init__(self, limit: int = MAX_LINE_CHARS) -> None:
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
         self._limit = limit
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
+        self._partial = b""
 
-    def feed(self, data: bytes) -> list[str]:
-        return self._cut(self._decoder.decode(data), final=False)
-
-    def flush(self) -> list[str]:
-        return self._cut(self._decoder.decode(b"", final=True), final=True)
-
-    def _cut(self, text: str, *, final: bool) -> list[str]:
-        buffered = self._partial + text
-        *complete, rest = buffered.split("\n")
-        lines: list[str] = []
-        if "\r" in buffered or any(len(line) > self._limit for line in complete):
-            for line in complete:
-                lines.extend(split_long(line.removesuffix("\r"), self._limit))
-        else:
-            lines.extend(complete)
-        while len(rest) > self._limit:
-            lines.append(rest[: self._limit])
-            rest = rest[self._limit :]
-        if final and rest:
-            lines.append(rest)
-            rest = ""
+    def feed(self, data: bytes) -> list[bytes]:
+        buffered = self._partial + data
+        end = buffered.rfind(b"\n") + 1
+        whole, rest = buffered[: end - 1], buffered[end:]
+        lines: list[bytes] = []
+        if end:
+            lines = whole.split(b"\n")
+            if whole.translate(None, _PLAIN) or max(map(len, lines)) > self._limit:
+                limit = self._limit
+                lines = escape([p for line in lines for p in _cut(line.removesuffix(b"\r"), limit)])
+        if len(rest) > self._limit:
+            *cut, rest = _cut(rest, self._limit)
+            lines += escape(cut)
         self._partial = rest
         return lines
 
-
-def _escape_each(texts: list[str]) -> list[str]:
-    """Each text escaped as the inside of a JSON string. Lines hold no newline, so unless a
-    backslash could make an escaped newline ambiguous, one encoder call does them all."""
-    joined = "\n".join(texts)
-    if len(texts) >= 8 and "\\" not in joined:
-        pieces = _quote(joined)[1:-1].split("\\n")
-        if len(pieces) == len(texts):
-            return pieces
-    return [_quote(text)[1:-1] for text in texts]
+    def flush(self) -> list[bytes]:
+        rest, self._partial = self._partial, b""
+        return escape([rest]) if rest else []
 
 
 class TicketLog:
@@ -160,28 +177,31 @@ class TicketLog:
     def count(self) -> int:
         return self._count
 
-    def append(self, source: Source, texts: Iterable[str]) -> int:
-        """Write lines in one `write()`; on failure nothing of them stays in the file."""
+    def append(self, source: Source, quoted: list[bytes]) -> int:
+        """Write lines, each already escaped (`escape`, `LineFramer`), in one `write()`; on
+        failure nothing of them stays in the file."""
         if self._fd is None:
             raise ValueError("the log is closed")
-        # One template per call, then a C-level loop: this is the hot path of a chatty script.
-        template = _ENTRY % (str(source), rfc3339(self.clock()))
-        quoted = _escape_each(list(texts))
-        seqs = range(self._count, self._count + len(quoted))
-        entries = list(map(template.__mod__, zip(seqs, quoted, strict=True)))
-        buffer = bytearray()
-        marks: list[int] = []
-        seq, done = self._count, 0
-        while done < len(entries):  # encoded a stride at a time, to index the stride's start
-            if seq % INDEX_STRIDE == 0:
-                marks.append(self._size + len(buffer))
-            step = INDEX_STRIDE - seq % INDEX_STRIDE
-            buffer += "".join(entries[done : done + step]).encode("utf-8", "replace")
-            done += step
-            seq += step
-        count = self._count + len(entries)
-        if not buffer:
+        if not quoted:
             return 0
+        # One template per call, then C-level loops: this is the hot path of a chatty script.
+        template = (_ENTRY % (str(source), rfc3339(self.clock()))).encode()
+        first = self._count
+        entries = list(
+            map(template.__mod__, zip(range(first, first + len(quoted)), quoted, strict=True))
+        )
+        strides: list[bytes] = []  # joined a stride at a time, to index each stride's start
+        marks: list[int] = []
+        offset, done = self._size, 0
+        while done < len(entries):
+            seq = first + done
+            if seq % INDEX_STRIDE == 0:
+                marks.append(offset)
+            step = INDEX_STRIDE - seq % INDEX_STRIDE
+            strides.append(b"".join(entries[done : done + step]))
+            offset += len(strides[-1])
+            done += step
+        buffer = b"".join(strides)
         try:
             view = memoryview(buffer)
             while view:
@@ -190,12 +210,11 @@ class TicketLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             raise
-        added = count - self._count
         self._marks.extend(marks)
-        self._count, self._size, self._dirty = count, self._size + len(buffer), True
+        self._count, self._size, self._dirty = first + len(entries), offset, True
         if time.monotonic() - self._synced >= SYNC_INTERVAL:
             self.sync()
-        return added
+        return len(entries)
 
     def sync(self) -> None:
         if self._fd is not None and self._dirty:
@@ -216,33 +235,42 @@ class TicketLog:
         return cast(list[LogLine], json.loads(self.read_raw_after(after, limit)[0]))
 
     def read_raw_after(self, after: int, limit: int) -> tuple[bytes, int]:
-        """Like `read_after`, as the bytes of a JSON array and the number of lines in it;
-        the stored entries are spliced in as they are, never decoded and encoded again."""
+        """Like `read_after`, as the bytes of a JSON array and the number of lines in it (at
+        most `limit`, and no more than about MAX_PAGE_BYTES of them unless one line is
+        longer). The stored entries are one contiguous stretch of the file, read in one
+        piece and spliced in as they are, never decoded and encoded again."""
         start = max(after + 1, 0)
         stop = min(self._count, start + max(limit, 0))
         if start >= stop:
             return b"[]", 0
-        first = start - start % INDEX_STRIDE
         fd = self._fd if self._fd is not None else self._opener(os.O_RDONLY | os.O_CLOEXEC)
         try:
-            wanted = self._lines(fd, self._marks[first // INDEX_STRIDE], first, start, stop)
+            begin, end = self._offset(fd, start), self._offset(fd, stop)
+            raw = _pread(fd, min(end - begin, MAX_PAGE_BYTES), begin)
         finally:
             if fd != self._fd:
                 os.close(fd)
-        return b"[" + b",".join(wanted) + b"]", len(wanted)
+        count = stop - start
+        if begin + len(raw) < end:  # whole lines only (an entry is far smaller than a page)
+            raw = raw[: raw.rfind(b"\n") + 1]
+            count = raw.count(b"\n")
+        # Entries end in "\n": as commas they separate the array's items (one copy, in C).
+        return b"".join((b"[", memoryview(raw.replace(b"\n", b","))[:-1], b"]")), count
 
-    def _lines(self, fd: int, offset: int, seq: int, start: int, stop: int) -> list[bytes]:
-        wanted: list[bytes] = []
-        pending = b""
-        while seq < stop and offset < self._size:
-            chunk = os.pread(fd, min(_READ_CHUNK, self._size - offset), offset)
+    def _offset(self, fd: int, seq: int) -> int:
+        """The byte offset where line `seq` starts (the end of the log for `seq == count`)."""
+        if seq >= self._count:
+            return self._size
+        offset, skip = self._marks[seq // INDEX_STRIDE], seq % INDEX_STRIDE
+        while skip:
+            chunk = os.pread(fd, _READ_CHUNK, offset)
             if not chunk:
-                break
-            offset += len(chunk)
-            *whole, pending = (pending + chunk).split(b"\n")
-            wanted += whole[max(start - seq, 0) : stop - seq]
-            seq += len(whole)
-        return wanted
+                raise OSError(f"{LOG_FILE} is shorter than its index")
+            pos = 0
+            while skip and (newline := chunk.find(b"\n", pos)) >= 0:
+                pos, skip = newline + 1, skip - 1
+            offset += pos if not skip else len(chunk)
+        return offset
 
     def _index(self, fd: int, size: int) -> None:
         offset = line_start = 0
@@ -279,6 +307,14 @@ class TicketLog:
                 del self._marks[(seq + INDEX_STRIDE - 1) // INDEX_STRIDE :]
                 return
             offset += len(raw) + 1
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    parts: list[bytes] = []
+    while size > 0 and (chunk := os.pread(fd, size, offset)):
+        parts.append(chunk)
+        size, offset = size - len(chunk), offset + len(chunk)
+    return b"".join(parts)
 
 
 def _is_entry(raw: bytes, seq: int) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from sandworker.sandbox.atomic import write_atomic
 from sandworker.sandbox.outcome import Outcome, Reason
 
-from .ticketlog import LOG_FILE, LineFramer, LogLine, Source, TicketLog, rfc3339, split_long
+from .ticketlog import LOG_FILE, LineFramer, LogLine, Source, TicketLog, rfc3339, text_lines
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -287,9 +287,7 @@ class Ticket:
 
     def debug(self, text: str) -> None:
         """The daemon's own remark, shown to the client as a debug line."""
-        self._append(
-            Source.DEBUG, [piece for line in text.split("\n") for piece in split_long(line)]
-        )
+        self._append(Source.DEBUG, text_lines(text))
 
     def read_after(self, after: int, limit: int) -> list[LogLine]:
         return self._persist(lambda: self._log.read_after(after, limit), "read")
@@ -322,11 +320,11 @@ class Ticket:
             raise InvalidTransition(f"ticket {self.id}: {exc}") from None
         return replace(self._record, state=target, **changes)
 
-    def _append(self, source: Source, texts: list[str]) -> None:
+    def _append(self, source: Source, quoted: list[bytes]) -> None:
         if self.complete:
             raise InvalidTransition(f"ticket {self.id} is complete; its log is closed")
-        if texts:
-            self._persist(lambda: self._log.append(source, texts))
+        if quoted:
+            self._persist(lambda: self._log.append(source, quoted))
 
     def _commit(self, record: TicketRecord) -> None:
         self._persist(lambda: self._dir.write(STATE_FILE, record.to_json()))

@@ -27,6 +27,7 @@ class Worker:
     port: int
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)  # everything the daemon printed
+    headers: dict[str, str] = field(default_factory=dict)  # of the last answer to call()
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -73,9 +74,24 @@ class Worker:
             data = None if body is None else json.dumps(body).encode()
             conn.request(method, path, body=data, headers={"content-type": "application/json"})
             response = conn.getresponse()
+            self.headers = {name.lower(): value for name, value in response.getheaders()}
             return response.status, json.loads(response.read())
         finally:
             conn.close()
+
+    def pages(self, ticket: str, after: int = -1) -> list[dict[str, Any]]:
+        """Every status page from `after` on, until one says complete (at most 100)."""
+        pages: list[dict[str, Any]] = []
+        while len(pages) < 100:
+            _, page = self.call("GET", f"/v1/scripts/{ticket}?after={after}&wait=10")
+            pages.append(page)
+            # the headers repeat the page's state and end, for clients that ask ahead
+            assert self.headers["sandworker-state"] == page["state"], self.headers
+            assert self.headers["sandworker-next-seq"] == str(page["next_seq"]), self.headers
+            if page["state"] == "complete":
+                break
+            after = page["next_seq"] - 1
+        return pages
 
 
 def _free_port() -> int:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sandworker.daemon.certs import certificate_prints
+from sandworker.daemon.client import Client, ClientError, Profile
 from tests.e2e.daemon import Worker, lines
 
 pytestmark = pytest.mark.root
@@ -138,6 +140,61 @@ def test_a_finished_script_is_reported_at_once_not_after_a_drain_timeout(worker:
         "PUT", "/v1/scripts/quick", {"project": "web", "body": "true", "wait_seconds": 20}
     )
     assert body["state"] == "complete" and time.monotonic() - began < 1.0
+
+
+def test_a_page_short_of_the_end_never_says_complete(worker: Worker) -> None:
+    # Regression: a finished ticket with more lines than one page said `complete` on the
+    # first page, so a client polling until `complete` silently lost the rest.
+    body = "seq 1 25000"
+    worker.call("PUT", "/v1/scripts/many", {"project": "web", "body": body, "wait_seconds": 20})
+    pages = worker.pages("many")
+    texts = [text for page in pages for text in lines(page)]
+    assert texts == [str(n) for n in range(1, 25001)]
+    assert [page["state"] for page in pages] == ["running", "running", "complete"]
+    assert pages[0]["exit_code"] is None and pages[-1]["exit_code"] == 0
+    assert len(pages[0]["logs"]) == 10_000
+
+
+def _client(worker: Worker) -> Client:
+    pin = certificate_prints(worker.home / "worker.crt").sha256
+    home = worker.home
+    return Client(
+        Profile(f"https://127.0.0.1:{worker.port}", pin, home / "client.crt", home / "client.key")
+    )
+
+
+def test_the_client_library_follows_every_line_of_many_pages(worker: Worker) -> None:
+    # follow() asks for the next page on its second connection before parsing this one.
+    client = _client(worker)
+    try:
+        client.start("pages", {"project": "web", "body": "seq 1 35000; echo end >&2"})
+        got: list[tuple[int, str, str]] = []
+        last = client.follow(
+            "pages", lambda line: got.append((line["seq"], line["source"], line["text"]))
+        )
+    finally:
+        client.close()
+    assert [seq for seq, _, _ in got] == list(range(len(got)))  # none lost, none twice
+    assert [text for _, source, text in got if source == "stdout"] == [
+        str(n) for n in range(1, 35001)
+    ]
+    assert ("stderr", "end") in [(source, text) for _, source, text in got]
+    assert (last["state"], last["exit_code"], last["next_seq"]) == ("complete", 0, len(got))
+
+
+def test_the_client_reconnects_once_after_the_worker_restarted(worker: Worker) -> None:
+    client = _client(worker)
+    try:
+        assert client.checked("GET", "/v1/health")["running"] == 0
+        worker.stop()
+        worker.start()  # the kept-alive connection is gone; the next call makes a new one
+        assert client.checked("GET", "/v1/health")["running"] == 0
+        worker.stop()
+        with pytest.raises(ClientError, match="cannot reach the worker"):
+            client.checked("GET", "/v1/health")
+    finally:
+        client.close()
+        worker.start()
 
 
 def _wait_state(worker: Worker, ticket: str, state: str, seconds: float = 15) -> dict[str, object]:

@@ -76,8 +76,9 @@ def test_output_that_cannot_be_kept_stops_the_script_with_a_reason(small: Worker
     fill(small.state, leave=2 << 20)
     code, status = start(small, "flood", "echo first; yes 'a line of output' | head -c 64000000")
     assert code == 201, status
+    assert lines(status)[0] == "first"  # what was kept is still served
+    status = small.pages("flood", status["next_seq"] - 1)[-1]  # more lines than one page
     assert status["state"] == "complete" and status["exit_code"] == -41, status
     assert "output could not be recorded" in str(status["message"])
     assert "No space left on device" in str(status["message"])
-    assert lines(status)[0] == "first"  # what was kept is still served
     assert small.call("GET", "/v1/health")[0] == 200

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sandworker.daemon import tickets, ticketstore
-from sandworker.daemon.ticketlog import INDEX_STRIDE, LineFramer, _escape_each
+from sandworker.daemon import ticketlog, tickets, ticketstore
+from sandworker.daemon.ticketlog import INDEX_STRIDE, LineFramer, escape
 from sandworker.daemon.tickets import (
     CANCELLED,
     FATAL,
@@ -160,43 +160,123 @@ def test_every_reason_has_an_exit_code() -> None:
 # --- framing ----------------------------------------------------------------------------------
 
 
+def unescaped(lines: list[bytes]) -> list[str]:
+    """The framer's escaped lines back as the texts a client decodes."""
+    return [json.loads(b'"' + line + b'"') for line in lines]
+
+
+def fed(framer: LineFramer, data: bytes) -> list[str]:
+    return unescaped(framer.feed(data))
+
+
 def test_framer_splits_on_newlines_and_keeps_a_partial_line_until_flush() -> None:
     framer = LineFramer()
-    assert framer.feed(b"one\ntwo\n\nthr") == ["one", "two", ""]
-    assert framer.feed(b"ee") == []
-    assert framer.flush() == ["three"]
-    assert framer.flush() == []
+    assert fed(framer, b"one\ntwo\n\nthr") == ["one", "two", ""]
+    assert fed(framer, b"ee") == []
+    assert unescaped(framer.flush()) == ["three"]
+    assert unescaped(framer.flush()) == []
 
 
 def test_framer_crlf_ends_a_line_and_a_bare_cr_stays_text() -> None:
     framer = LineFramer()
-    assert framer.feed(b"a\r\nprogress 1\rprogress 2\r") == ["a"]
-    assert framer.feed(b"\n") == ["progress 1\rprogress 2"]
+    assert fed(framer, b"a\r\nprogress 1\rprogress 2\r") == ["a"]
+    assert fed(framer, b"\n") == ["progress 1\rprogress 2"]
 
 
 def test_framer_splits_long_lines_and_bounds_an_unfinished_one() -> None:
     framer = LineFramer(limit=4)
-    assert framer.feed(b"abcdefghij\n") == ["abcd", "efgh", "ij"]
-    assert framer.feed(b"0123") == []
-    assert framer.feed(b"45678") == ["0123", "4567"]
-    assert framer.feed(b"\n") == ["8"]
+    assert fed(framer, b"abcdefghij\n") == ["abcd", "efgh", "ij"]
+    assert fed(framer, b"0123") == []
+    assert fed(framer, b"45678") == ["0123", "4567"]
+    assert fed(framer, b"\n") == ["8"]
 
 
 def test_framer_line_of_exactly_the_limit_is_one_line() -> None:
-    assert LineFramer(limit=4).feed(b"abcd\n") == ["abcd"]
+    assert fed(LineFramer(limit=4), b"abcd\n") == ["abcd"]
 
 
 def test_framer_keeps_multibyte_characters_split_across_chunks() -> None:
     framer = LineFramer()
     data = "héllo €\n".encode()
-    out = [line for byte in data for line in framer.feed(bytes([byte]))]
+    out = [line for byte in data for line in fed(framer, bytes([byte]))]
     assert out == ["héllo €"]
 
 
 def test_framer_replaces_invalid_utf8_including_a_truncated_tail() -> None:
     framer = LineFramer()
-    assert framer.feed(b"a\xff\xfeb\n\xe2\x82") == ["a\ufffd\ufffdb"]
-    assert framer.flush() == ["\ufffd"]
+    assert fed(framer, b"a\xff\xfeb\n\xe2\x82") == ["a\ufffd\ufffdb"]
+    assert unescaped(framer.flush()) == ["\ufffd"]
+
+
+def _random_output(rng: random.Random, size: int) -> bytes:
+    pieces = [
+        b"plain text ",
+        b"\n",
+        b'"',
+        b"\\",
+        b"\r",
+        b"\t",
+        b"\x00",
+        b"\xff",
+        b"\xe2\x82",
+        "é€😀".encode(),
+        b"x" * 70,
+    ]
+    return b"".join(rng.choice(pieces) for _ in range(size))
+
+
+def test_framer_gives_the_same_lines_however_the_output_is_chunked() -> None:
+    # The plain-ASCII fast path and the decoding path must agree, wherever a chunk ends.
+    rng = random.Random(99)  # noqa: S311 - reproducible test data, not secrets
+    for _ in range(300):
+        data = _random_output(rng, rng.randint(0, 60))
+        whole = LineFramer(limit=64)
+        expected = whole.feed(data) + whole.flush()
+        chunked, got, pos = LineFramer(limit=64), [], 0
+        while pos < len(data):
+            step = rng.randint(1, 40)
+            got += chunked.feed(data[pos : pos + step])
+            pos += step
+        assert got + chunked.flush() == expected, data
+
+
+def test_framer_lines_are_the_decoded_output_and_long_ones_split_at_characters() -> None:
+    rng = random.Random(7)  # noqa: S311 - reproducible test data, not secrets
+    for _ in range(300):
+        data = _random_output(rng, rng.randint(1, 60))
+        framer = LineFramer(limit=64)
+        texts = unescaped(framer.feed(data) + framer.flush())
+        *ended, unfinished = data.split(b"\n")  # only a line ended by \r\n loses its \r
+        lines = [line.removesuffix(b"\r") for line in ended] + ([unfinished] if unfinished else [])
+        rebuilt, pieces = [], iter(texts)
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            joined = next(pieces)
+            while len(joined) < len(text):
+                joined += next(pieces)
+            rebuilt.append(joined)
+            assert joined == text, data
+        assert list(pieces) == [] and len(rebuilt) == len(lines)
+        for text in texts:  # a piece may end early at a character, never overrun the limit
+            assert len(text.encode()) <= 64 or "\ufffd" in text, text
+
+
+def test_a_page_is_cut_at_a_whole_line_below_the_byte_limit(
+    store: TicketStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ticketlog, "MAX_PAGE_BYTES", 1000)
+    ticket, _ = store.create("paged", REQUEST)
+    ticket.running()
+    ticket.output("stdout", "".join(f"line {i}\n" for i in range(INDEX_STRIDE + 40)).encode())
+    seen, after, sizes = [], -1, []
+    while after + 1 < ticket.next_seq:
+        raw, count = ticket.read_raw_after(after, 10_000)
+        page = json.loads(raw)
+        assert len(page) == count and 0 < len(raw) <= 1000 + 2
+        seen += [line["seq"] for line in page]
+        sizes.append(count)
+        after = page[-1]["seq"]
+    assert seen == list(range(INDEX_STRIDE + 40)) and len(sizes) > 5
 
 
 def test_forged_protocol_text_stays_text_of_its_own_pipe(store: TicketStore) -> None:
@@ -529,4 +609,5 @@ def test_batch_escaping_equals_escaping_each_line_alone() -> None:
             "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
             for _ in range(rng.randint(0, 20))
         ]
-        assert _escape_each(texts) == [encode_basestring(t)[1:-1] for t in texts], texts
+        raw = [t.encode() for t in texts]
+        assert escape(raw) == [encode_basestring(t)[1:-1].encode() for t in texts], texts
