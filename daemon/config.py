@@ -120,7 +120,8 @@ STATE = (
     Field(
         "retention",
         Kind.DURATION,
-        "Tickets a client never completed are removed after this age.",
+        "How long a ticket's record and log are kept after a client completed it, or after"
+        " it finished if no client did; its working directory goes with it.",
         default="1d",
         minimum=60,
     ),

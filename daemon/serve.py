@@ -170,7 +170,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
     task.LoopingCall(_sync, store, audit).start(0.2, now=False)
-    task.LoopingCall(service.purge, config["state.retention"]).start(3600, now=True)
+    retention = config["state.retention"]  # purged at start-up, then every half of it (<= 1 h)
+    task.LoopingCall(service.purge, retention).start(min(retention / 2, 3600), now=True)
     print(f"sandworker: listening on {host}:{listening.getHost().port}", flush=True)
     reactor.run()
     audit.record(Event.DAEMON_STOP, pid=os.getpid())

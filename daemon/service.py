@@ -304,7 +304,8 @@ class ScriptService:
         self._admit()
 
     def purge(self, retention: float) -> None:
-        """Remove tickets no client completed within `retention`, with their working files."""
+        """Remove tickets older than `retention` (ticketstore.purge), with their working files
+        (already gone if a client completed the ticket)."""
         for ticket in self.store.purge(retention):
             try:
                 policy = self.policies().resolve(ticket.project)

@@ -118,14 +118,14 @@ class TicketStore:
                 ticket.sync()
 
     def purge(self, older_than: float = DEFAULT_PURGE_AGE) -> list[Ticket]:
-        """Remove tickets complete for `older_than` seconds that no client completed."""
+        """Remove tickets a client completed `older_than` seconds ago, and those that
+        finished that long ago and no client completed (the audit log keeps their events)."""
         cutoff = self._clock() - older_than
         purged = []
         for key, ticket in list(self._tickets.items()):
             record = ticket.record
-            if record.completed is None or record.client_completed is not None:
-                continue
-            if record.completed <= cutoff:
+            since = record.client_completed or record.completed
+            if since is not None and since <= cutoff:
                 try:
                     self._remove(key, strict=True)
                 except OSError as exc:

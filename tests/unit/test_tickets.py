@@ -514,22 +514,30 @@ def test_create_refuses_a_directory_it_has_not_loaded(store: TicketStore) -> Non
 # --- client complete and purge ----------------------------------------------------------------
 
 
-def test_purge_removes_old_tickets_no_client_completed(store: TicketStore, clock: Clock) -> None:
+def test_purge_removes_tickets_a_day_after_they_finished_or_were_collected(
+    store: TicketStore, clock: Clock
+) -> None:
+    day = tickets.DEFAULT_PURGE_AGE
     names = ("abandoned", "collected", "young", "live")
     made = {name: store.create(name, REQUEST)[0] for name in names}
     for name in ("abandoned", "collected"):
         made[name].finish(0, "exited", "")
     with pytest.raises(InvalidTransition, match="cancel it first"):
         store.complete("live")
-    store.complete("Collected")
     clock.now += 3600
     made["young"].finish(0, "exited", "")
-    clock.now += tickets.DEFAULT_PURGE_AGE - 1
+    clock.now += 3600
+    store.complete("Collected")  # counted from the client's complete, not from the end
+    clock.now += day - 2 * 3600 + 1
     assert store.purge() == [made["abandoned"]]
     assert sorted(os.listdir(store.tickets_dir)) == ["collected", "live", "young"]
     assert store.get("abandoned") is None
     clock.now += 3600
     assert store.purge() == [made["young"]]
+    clock.now += 3600
+    assert store.purge() == [made["collected"]]
+    clock.now += 10 * day
+    assert store.purge() == [] and sorted(os.listdir(store.tickets_dir)) == ["live"]
 
 
 # --- full disk --------------------------------------------------------------------------------
