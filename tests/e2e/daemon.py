@@ -100,8 +100,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _worker(tmp_path: Path, server: str = "", state: str = "") -> Iterator[Worker]:
-    """A started daemon; `server` and `state` are extra lines for those config tables."""
+def _worker(
+    tmp_path: Path, server: str = "", state: str = "", sandbox: str = ""
+) -> Iterator[Worker]:
+    """A started daemon; `server`, `state` and `sandbox` are extra lines for those tables."""
     home = tmp_path / "home"
     home.mkdir()
     write_pair(home / "worker.crt", home / "worker.key", "worker")
@@ -128,6 +130,7 @@ directory = "{tmp_path}/state"
 policy_dir = "{home}/policies"
 uid_min = 430000
 uid_max = 430999
+{sandbox}
 """)
     w = Worker(home, port)
     w.start()

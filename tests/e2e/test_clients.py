@@ -206,3 +206,10 @@ def test_daemon_survives_a_signal_storm_of_bad_requests(worker: Worker) -> None:
     assert curl(worker, "GET", "/v1/health")[0] == 200
     assert worker.process is not None and worker.process.poll() is None
     assert signal.SIGTERM  # the fixture stops it gracefully
+
+
+@pytest.mark.parametrize("project", ["../web", "web/..", "we\nb", "web\u0000", "", "a" * 300])
+def test_hostile_project_ids_are_refused(worker: Worker, project: str) -> None:
+    code, problem = curl(worker, "PUT", "/v1/scripts/hp", {"project": project, "body": "true"})
+    assert code == 400 and "project" in str(problem["detail"]), problem
+    assert curl(worker, "GET", "/v1/scripts/hp")[0] == 404  # nothing was accepted

@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sandworker.daemon.certs import certificate_prints
 from sandworker.daemon.client import Client, ClientError, Profile
-from tests.e2e.daemon import Worker, lines
+from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
 
 pytestmark = pytest.mark.root
 
@@ -243,3 +244,40 @@ def test_the_policys_per_project_concurrency_queues_the_rest(worker: Worker) -> 
     assert (health["running"], health["queued"]) == (4, 1)
     last = _wait_state(worker, f"cc-{states.index('pending')}", "complete", 20)
     assert last["exit_code"] == 0
+
+
+@pytest.fixture
+def two_slots(tmp_path: Path) -> Iterator[Worker]:
+    yield from _worker(tmp_path, sandbox="max_concurrent = 2")
+
+
+def test_the_global_limit_queues_scripts_and_says_why(two_slots: Worker) -> None:
+    for n in range(3):
+        two_slots.call("PUT", f"/v1/scripts/g-{n}", {"project": "web", "body": "sleep 2"})
+    time.sleep(1)
+    states = [two_slots.call("GET", f"/v1/scripts/g-{n}")[1]["state"] for n in range(3)]
+    assert states == ["running", "running", "pending"], states
+    waiting = _wait_state(two_slots, "g-2", "complete", 20)
+    assert "waiting: all 2 script slots of this worker are busy" in lines(waiting, "debug")
+    assert waiting["exit_code"] == 0
+
+
+def test_a_configuration_it_cannot_use_stops_it_with_exit_2(worker: Worker) -> None:
+    config = worker.home / "sandworker.toml"
+    bad = worker.home / "bad.toml"
+    bad.write_text(config.read_text().replace("[server]", '[server]\nmax_connections = "many"'))
+    refused = _serve(bad)
+    assert refused.returncode == 2 and f"{bad}:3 server.max_connections:" in refused.stderr
+    taken = _serve(config)  # the running worker holds the port
+    assert taken.returncode == 2 and "cannot start" in taken.stderr, taken.stderr
+    assert "address already in use" in taken.stderr.lower()
+
+
+def _serve(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SANDWORKER, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
