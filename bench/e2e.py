@@ -3,7 +3,8 @@
 (a) round trip of `true` started with wait_seconds, on a kept-alive connection;
 (b) start to the first log line reaching a long-polling client;
 (c) trivial scripts completed per second at concurrency 8 for 10 s;
-(d) log throughput at the client for a script printing 200 MB of 80-byte lines;
+(d) log throughput at the client for a script printing 200 MB of 80-byte lines (the
+    median of LOG_RUNS such scripts, one after the other: one run is only ~4 s of a noisy VM);
 (e) daemon RSS idle and with 50 scripts running `sleep`.
 Targets (issue 3): (a) <= 30 ms, (b) <= 20 ms, (c) >= 50/s, (d) >= 50 MB/s, (e) <= 80 MB idle.
 Needs root. Uses a throwaway development home on port 10933.
@@ -104,6 +105,7 @@ def throughput(profile: Profile, seconds: float = 10, workers: int = 8) -> float
 
 
 LOG_BYTES = 200_000_000
+LOG_RUNS = 3
 
 
 def log_rate(client: Client) -> float:
@@ -138,7 +140,8 @@ def main() -> int:
             run(client, "true", wait_seconds=30)
         rss_idle = daemon.memory_info().rss / 2**20
         trips, firsts = round_trips(client), first_lines(client)
-        rate, mbps = throughput(profile), log_rate(client)
+        rate = throughput(profile)
+        rates = sorted(log_rate(client) for _ in range(LOG_RUNS))
         for _ in range(50):
             run(client, "sleep 30")
         time.sleep(2)
@@ -153,7 +156,8 @@ def main() -> int:
     print(f"  (a) round trip of true, wait_seconds   {trip:7.1f} ms  [<= 30]")
     print(f"  (b) start to first line, long-poll     {first:7.1f} ms  [<= 20]")
     print(f"  (c) trivial scripts/s, concurrency 8   {rate:7.1f}     [>= 50]")
-    print(f"  (d) log throughput at the client       {mbps:7.1f} MB/s [>= 50]")
+    mbps, spread = statistics.median(rates), f"runs {rates[0]:.1f}-{rates[-1]:.1f}"
+    print(f"  (d) log throughput at the client       {mbps:7.1f} MB/s [>= 50] ({spread})")
     rss = f"{rss_idle:5.1f} / {rss_busy:5.1f} MiB"
     print(f"  (e) daemon RSS idle / 50 sleeping      {rss} [idle <= 80]")
     return 0

@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="development mode: create ./dev-home (certificates, trust, profile,"
         " policy) on first use and listen on 127.0.0.1:10933",
     )
+    serve.add_argument(
+        "-v", "--verbose", action="store_true", help="debug lines too, one per HTTP request"
+    )
     serve.set_defaults(func=_serve)
     return parser
 

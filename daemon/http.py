@@ -16,6 +16,7 @@ Handlers are coroutines on the service object; errors are problem+json.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -30,6 +31,7 @@ from twisted.web import http, resource, server
 from .api import Problem
 from .pinning import REPORTED
 
+access_log = logging.getLogger("sandworker.access")
 JSON = b"application/json"
 PROBLEM = b"application/problem+json"
 DRAIN_SECONDS = 2.0
@@ -228,6 +230,8 @@ class ConnectionCap(policies.WrappingFactory):
     It wraps the outermost factory (the TLS one for the daemon), so a refused
     connection costs nothing but the accept."""
 
+    noisy = False
+
     def __init__(self, wrapped: Any, limit: int) -> None:
         super().__init__(wrapped)
         self.limit = limit
@@ -238,6 +242,17 @@ class ConnectionCap(policies.WrappingFactory):
             self.refused += 1
             return None
         return super().buildProtocol(addr)
+
+
+class _Site(server.Site):
+    """A Site whose access log is a debug line (a long-polling client makes one a page:
+    at INFO it would bury the log; the audit log records what matters for security)."""
+
+    noisy = False  # no "Starting factory" lines
+
+    def log(self, request: http.Request) -> None:
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug("%s", http.combinedLogFormatter(self._logDateTime, request))
 
 
 def make_site(
@@ -260,7 +275,7 @@ def make_site(
             else None,
         },
     )
-    site = server.Site(root, timeout=first_deadline)
+    site = _Site(root, timeout=first_deadline)
     site.protocol = channel  # type: ignore[method-assign]
     site.displayTracebacks = False
     return site

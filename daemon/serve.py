@@ -85,11 +85,11 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     return factory, store, service, audit
 
 
-def start_logging() -> None:
+def start_logging(*, verbose: bool = False) -> None:
     """Every log line to stderr (journald keeps it under systemd), Twisted's included."""
     logging.basicConfig(
         stream=sys.stderr,
-        level=logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="sandworker %(levelname)s %(name)s: %(message)s",
     )
     observer: Any = STDLibLogObserver()
@@ -155,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f" {Path(args.config).parent}/profile.toml --project demo -c 'id; echo hello'",
             flush=True,
         )
-    start_logging()
+    start_logging(verbose=args.verbose)
     _keep_large_buffers()
     try:
         config = load_config(Path(args.config))

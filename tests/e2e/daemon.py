@@ -29,9 +29,9 @@ class Worker:
     output: list[str] = field(default_factory=list)  # everything the daemon printed
     headers: dict[str, str] = field(default_factory=dict)  # of the last answer to call()
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.process = subprocess.Popen(
-            [SANDWORKER, "serve", "--config", str(self.home / "sandworker.toml")],
+            [SANDWORKER, "serve", "--config", str(self.home / "sandworker.toml"), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

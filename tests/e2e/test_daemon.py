@@ -281,3 +281,15 @@ def _serve(config: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_requests_are_logged_only_with_verbose(worker: Worker) -> None:
+    worker.call("GET", "/v1/health")
+    assert "GET /v1/health" not in worker.log and "Starting factory" not in worker.log
+    worker.stop()
+    worker.start("--verbose")
+    worker.call("GET", "/v1/health")
+    deadline = time.monotonic() + 5
+    while '"GET /v1/health HTTP/1.1" 200' not in worker.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "DEBUG sandworker.access" in worker.log, worker.log
