@@ -48,12 +48,19 @@ typecheck: $(STAMP)
 schema: $(STAMP)
 	$(VENV)/bin/sandworker policy schema > policies/schema/policy.v1.json
 	$(VENV)/bin/sandworker policy docs > policies/REFERENCE.md
+	mkdir -p config/schema
+	$(VENV)/bin/sandworker config schema > config/schema/config.v1.json
+	$(VENV)/bin/sandworker config docs > config/REFERENCE.md
 
 check-schema: $(STAMP)
 	$(VENV)/bin/sandworker policy schema | diff -u policies/schema/policy.v1.json - \
 	  || { echo "policies/schema/policy.v1.json is stale: run 'make schema' and commit it" >&2; exit 1; }
 	$(VENV)/bin/sandworker policy docs | diff -u policies/REFERENCE.md - \
 	  || { echo "policies/REFERENCE.md is stale: run 'make schema' and commit it" >&2; exit 1; }
+	$(VENV)/bin/sandworker config schema | diff -u config/schema/config.v1.json - \
+	  || { echo "config/schema/config.v1.json is stale: run 'make schema' and commit it" >&2; exit 1; }
+	$(VENV)/bin/sandworker config docs | diff -u config/REFERENCE.md - \
+	  || { echo "config/REFERENCE.md is stale: run 'make schema' and commit it" >&2; exit 1; }
 
 test: $(STAMP) apt lint typecheck check-schema
 	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)

@@ -93,7 +93,11 @@ class Scheduler:
         """Start what may start now; give up on tickets whose mutex wait timed out."""
         result = Admission()
         for waiting in list(self._queue):
-            if waiting.deadline is not None and now >= waiting.deadline:
+            if (
+                waiting.deadline is not None
+                and now >= waiting.deadline
+                and self._mutex_only(waiting)
+            ):
                 self._queue.remove(waiting)
                 result.timed_out.append(waiting.ticket)
         while len(self._running) < self.global_limit:
@@ -126,9 +130,11 @@ class Scheduler:
                 return self._blocker(waiting) or "waiting for a free slot"
         return None
 
-    def next_deadline(self) -> float | None:
-        """The earliest mutex-wait deadline, for the daemon's timer."""
-        return min((w.deadline for w in self._queue if w.deadline is not None), default=None)
+    def next_deadline(self, now: float) -> float | None:
+        """The earliest mutex-wait deadline still ahead, for the daemon's timer. (One that
+        passed while the ticket waited for a slot is checked when a script finishes.)"""
+        ahead = (w.deadline for w in self._queue if w.deadline is not None and w.deadline > now)
+        return min(ahead, default=None)
 
     @property
     def running(self) -> int:
@@ -142,6 +148,14 @@ class Scheduler:
         return sum(1 for w in self._running.values() if w.project == project)
 
     def _blocker(self, waiting: Waiting) -> str | None:
+        return self._slot_blocker(waiting) or self._mutex_blocker(waiting)
+
+    def _mutex_only(self, waiting: Waiting) -> bool:
+        """Held back by its mutex alone: the acquire timeout runs only then, never while the
+        ticket waits for a slot of the worker or of its project."""
+        return self._slot_blocker(waiting) is None and self._mutex_blocker(waiting) is not None
+
+    def _slot_blocker(self, waiting: Waiting) -> str | None:
         if len(self._running) >= self.global_limit:
             return f"waiting: all {self.global_limit} script slots of this worker are busy"
         if self._count(waiting.project) >= waiting.project_limit:
@@ -152,6 +166,9 @@ class Scheduler:
                 f"waiting: project {waiting.project} already runs {waiting.project_limit}"
                 f" script(s), its policy limit ({names})"
             )
+        return None
+
+    def _mutex_blocker(self, waiting: Waiting) -> str | None:
         lock = self._mutexes.get(waiting.mutex, _Mutex())
         holders = lock.holders()
         if not lock.free_for(waiting.isolation):

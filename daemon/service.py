@@ -164,8 +164,8 @@ class ScriptService:
         if ticket.id in self._queued:
             self._queued.pop(ticket.id)
             self.scheduler.finished(ticket.id)
-            ticket.finish(CANCELLED, "cancelled", "cancelled before it started")
-            self._wake(ticket.id)
+            self._end(ticket, CANCELLED, "cancelled", "cancelled before it started")
+            self._admit()
         elif ticket.id in self._drivers:
             self._drivers[ticket.id].cancel()
         return 200, self._status_body(ticket, after=-1)
@@ -178,8 +178,7 @@ class ScriptService:
             raise Problem(
                 409, "Conflict", f"ticket {ticket.id} is still {ticket.state}; cancel it first"
             )
-        policy = self.policies().resolve(ticket.project)
-        self.sandbox.cleanup(Request(ticket.project, run_id(ticket.id)), policy)
+        self._cleanup(ticket)
         self.store.complete(ticket.id)
         self.audit.record(
             Event.SCRIPT_COMPLETE, ticket=ticket.id, project=ticket.project, client=who.thumbprint
@@ -216,8 +215,7 @@ class ScriptService:
         admission = self.scheduler.admit(time.monotonic())
         for ticket_id in admission.timed_out:
             _start, ticket = self._queued.pop(ticket_id)
-            ticket.finish(TIMEOUT, "timeout", "timed out waiting for its isolation mutex")
-            self._wake(ticket_id)
+            self._end(ticket, TIMEOUT, "timeout", "timed out waiting for its isolation mutex")
         for ticket_id in admission.started:
             self._launch(*self._queued.pop(ticket_id))
         for ticket_id, (_start, ticket) in self._queued.items():
@@ -228,7 +226,7 @@ class ScriptService:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        deadline = self.scheduler.next_deadline()
+        deadline = self.scheduler.next_deadline(time.monotonic())
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -288,6 +286,12 @@ class ScriptService:
                 str(outcome.reason),
                 outcome.message,
             )
+        self._end(ticket, exit_code, reason, message)
+        self._admit()
+
+    def _end(self, ticket: Ticket, exit_code: int, reason: str, message: str) -> None:
+        """Record a ticket's outcome (from memory if the disk refuses it), audit it, and
+        answer whoever waits on it."""
         try:
             ticket.finish(exit_code, reason, message)
         except TicketStoreError as exc:  # answer from memory; recovery gives -46 after a restart
@@ -301,25 +305,32 @@ class ScriptService:
             reason=reason,
         )
         self._wake(ticket.id)
-        self._admit()
 
     def purge(self, retention: float) -> None:
         """Remove tickets older than `retention` (ticketstore.purge), with their working files
         (already gone if a client completed the ticket)."""
         for ticket in self.store.purge(retention):
-            try:
-                policy = self.policies().resolve(ticket.project)
-                self.sandbox.cleanup(Request(ticket.project, run_id(ticket.id)), policy)
-            except (PolicyDenied, OSError, ValueError) as exc:
-                log.warning("purged ticket %s; its working directory stays: %s", ticket.id, exc)
+            self._cleanup(ticket)
             self.audit.record(Event.TICKET_PURGED, ticket=ticket.id, project=ticket.project)
+
+    def _cleanup(self, ticket: Ticket) -> None:
+        """Remove the ticket's working directory, as its project's account. A project the
+        policy no longer allows keeps its directory (no account to remove it as); the log
+        says so and the ticket goes on."""
+        try:
+            policy = self.policies().resolve(ticket.project)
+            self.sandbox.cleanup(Request(ticket.project, run_id(ticket.id)), policy)
+        except (PolicyDenied, OSError, ValueError) as exc:
+            log.warning("ticket %s: its working directory stays: %s", ticket.id, exc)
 
     def shutdown(self) -> None:
         """The reactor is stopping: kill what runs, record an outcome for every ticket."""
         queued, self._queued = self._queued, {}
         for ticket_id, (_start, ticket) in queued.items():
             self.scheduler.finished(ticket_id)
-            ticket.finish(CANCELLED, "cancelled", "the worker stopped before the script started")
+            self._end(
+                ticket, CANCELLED, "cancelled", "the worker stopped before the script started"
+            )
         for ticket_id, driver in list(self._drivers.items()):
             found = self.store.get(ticket_id)
             if found is not None:
@@ -368,17 +379,24 @@ class ScriptService:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             waiter: defer.Deferred[None] = defer.Deferred()
-            self._waiters.setdefault(ticket_id, []).append(waiter)
+            waiting = self._waiters.setdefault(ticket_id, [])
+            waiting.append(waiter)
             timer = reactor.callLater(left, waiter.callback, None)
-            await waiter
-            if timer.active():
-                timer.cancel()
+            try:
+                await waiter
+            finally:  # woken, timed out or the client gone: never left behind in the list
+                if timer.active():
+                    timer.cancel()
+                if waiter in waiting:
+                    waiting.remove(waiter)
+                if not waiting and self._waiters.get(ticket_id) is waiting:
+                    del self._waiters[ticket_id]
             ticket = self.store.get(ticket_id)
             if ticket is None or ticket.complete or not until_complete:
                 return
 
     def _wake(self, ticket_id: str) -> None:
-        for waiter in self._waiters.pop(ticket_id, []):
+        for waiter in list(self._waiters.pop(ticket_id, [])):  # woken ones leave the list
             if not waiter.called:
                 waiter.callback(None)
 

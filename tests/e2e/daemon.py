@@ -58,6 +58,16 @@ class Worker:
     def state(self) -> Path:
         return self.home.parent / "state"
 
+    def uid_of(self, project: str) -> int:
+        """The uid the daemon gave `project` (its persisted account map)."""
+        mapping = json.loads((self.state / "sandbox" / "accounts.json").read_text())
+        return int(mapping[project])
+
+    def processes_of(self, project: str) -> bytes:
+        """pgrep's list of every process running as the project's account (b"" if none)."""
+        uid = str(self.uid_of(project))
+        return subprocess.run(["pgrep", "-u", uid], capture_output=True, check=False).stdout
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
             self.process.send_signal(sig)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,25 @@ def test_curl_full_lifecycle(worker: Worker) -> None:
     after = int(body["next_seq"]) - 1  # type: ignore[call-overload]
     assert curl(worker, "GET", f"/v1/scripts/c-1?after={after}")[1]["logs"] == []
     assert curl(worker, "DELETE", "/v1/scripts/c-1")[0] == 200
+
+
+def test_curl_long_poll_cancel_and_timeout(worker: Worker) -> None:
+    start = {"project": "web", "body": "sleep 1; echo woke; sleep 60"}
+    assert curl(worker, "PUT", "/v1/scripts/c-2", start)[0] == 201
+    _, first = curl(worker, "GET", "/v1/scripts/c-2")
+    after = int(first["next_seq"]) - 1  # type: ignore[call-overload]
+    began = time.monotonic()
+    _, woke = curl(worker, "GET", f"/v1/scripts/c-2?after={after}&wait=20")
+    assert lines(woke) == ["woke"] and time.monotonic() - began < 10  # type: ignore[arg-type]
+    code, cancelled = curl(worker, "POST", "/v1/scripts/c-2/cancel")
+    assert code == 200
+    after = int(cancelled["next_seq"]) - 1  # type: ignore[call-overload]
+    while cancelled["state"] != "complete" and time.monotonic() - began < 30:
+        _, cancelled = curl(worker, "GET", f"/v1/scripts/c-2?after={after}&wait=5")
+    assert cancelled["exit_code"] == -43
+    slow = {"project": "web", "body": "sleep 30", "timeout": 1, "wait_seconds": 20}
+    _, timed_out = curl(worker, "PUT", "/v1/scripts/c-3", slow)
+    assert (timed_out["state"], timed_out["exit_code"]) == ("complete", -44)
 
 
 def test_curl_refuses_a_worker_with_another_key(worker: Worker, tmp_path: Path) -> None:

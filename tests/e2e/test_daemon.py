@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import subprocess
 import time
@@ -31,26 +30,64 @@ def test_start_waits_runs_and_is_idempotent(worker: Worker) -> None:
     assert after["logs"] == [] and after["state"] == "complete"
 
 
-def test_long_poll_returns_when_output_arrives(worker: Worker) -> None:
-    worker.call("PUT", "/v1/scripts/lp", {"project": "web", "body": "sleep 1; echo late; sleep 1"})
-    began = time.monotonic()
-    _, body = worker.call("GET", "/v1/scripts/lp?after=-1&wait=15")
-    waited = time.monotonic() - began
-    deadline = time.monotonic() + 10
-    while "late" not in lines(body) and time.monotonic() < deadline:
-        _, body = worker.call("GET", "/v1/scripts/lp?after=-1&wait=15")
-    assert "late" in lines(body) and waited < 10
+def _after_setup(worker: Worker, ticket: str) -> int:
+    """The `after` that skips a started script's debug lines (layers applied)."""
+    _, body = worker.call("GET", f"/v1/scripts/{ticket}")
+    assert body["logs"] and all(line["source"] == "debug" for line in body["logs"]), body
+    return int(body["next_seq"]) - 1
 
 
-def test_cancel_records_minus_43_and_unknown_ticket_minus_45(worker: Worker) -> None:
-    worker.call("PUT", "/v1/scripts/c1", {"project": "web", "body": "echo up; sleep 60"})
+def test_a_start_repeated_while_it_runs_only_reports(worker: Worker) -> None:
+    start = {"project": "web", "body": "echo once; sleep 2"}
+    assert worker.call("PUT", "/v1/scripts/twice", start)[0] == 201
+    _wait_line(worker, "twice", "once")
+    status, again = worker.call("PUT", "/v1/scripts/twice", start)
+    assert (status, again["state"]) == (200, "running")
+    done = _wait_state(worker, "twice", "complete")
+    assert lines(done) == ["once"]  # one run, not two
+    starts = [e for e in worker.audit() if e["event"] == "script.start" and e["ticket"] == "twice"]
+    assert len(starts) == 1
+
+
+def test_long_poll_waits_for_a_line_then_for_the_end(worker: Worker) -> None:
+    worker.call("PUT", "/v1/scripts/lp", {"project": "web", "body": "sleep 2; echo late; sleep 2"})
     time.sleep(0.5)
+    after = _after_setup(worker, "lp")
+    began = time.monotonic()
+    _, body = worker.call("GET", f"/v1/scripts/lp?after={after}&wait=15")
+    waited = time.monotonic() - began
+    assert lines(body) == ["late"] and body["state"] == "running"
+    assert 0.8 < waited < 5, waited  # held until the line came, answered when it did
+    began = time.monotonic()
+    _, body = worker.call("GET", f"/v1/scripts/lp?after={body['next_seq'] - 1}&wait=15")
+    waited = time.monotonic() - began
+    assert (body["state"], body["exit_code"], lines(body)) == ("complete", 0, [])
+    assert 1 < waited < 6, waited  # woken by the completion, not by the 15 s wait
+
+
+def test_long_poll_on_a_silent_script_answers_after_wait(worker: Worker) -> None:
+    worker.call("PUT", "/v1/scripts/quiet", {"project": "web", "body": "sleep 10"})
+    time.sleep(0.5)
+    after = _after_setup(worker, "quiet")
+    began = time.monotonic()
+    _, body = worker.call("GET", f"/v1/scripts/quiet?after={after}&wait=2")
+    waited = time.monotonic() - began
+    assert (body["state"], body["logs"], body["next_seq"]) == ("running", [], after + 1)
+    assert 1.9 < waited < 4, waited
+    worker.call("POST", "/v1/scripts/quiet/cancel")
+
+
+def test_cancel_kills_the_tree_records_minus_43_and_unknown_ticket_minus_45(
+    worker: Worker,
+) -> None:
+    tree = "sleep 60 & (sleep 60 &) ; setsid sleep 60 & echo up; wait"
+    worker.call("PUT", "/v1/scripts/c1", {"project": "web", "body": tree})
+    _wait_line(worker, "c1", "up")
+    assert worker.processes_of("web").count(b"\n") >= 4  # bash and three sleeps, one detached
     worker.call("POST", "/v1/scripts/c1/cancel")
-    _, body = worker.call("GET", "/v1/scripts/c1?wait=10")
-    deadline = time.monotonic() + 10
-    while body["state"] != "complete" and time.monotonic() < deadline:
-        _, body = worker.call("GET", "/v1/scripts/c1?wait=5")
+    body = _wait_state(worker, "c1", "complete")
     assert (body["state"], body["exit_code"]) == ("complete", -43)
+    assert worker.processes_of("web") == b""  # the whole tree, the detached one included
     status, problem = worker.call("GET", "/v1/scripts/nope")
     assert status == 404 and problem["exit_code"] == -45
 
@@ -78,23 +115,26 @@ def test_complete_removes_the_working_directory(worker: Worker, tmp_path: Path) 
     assert list(work.iterdir()) == []
 
 
-def test_kill_minus_9_then_restart_answers_minus_46_with_the_output(worker: Worker) -> None:
-    worker.call("PUT", "/v1/scripts/crash", {"project": "web", "body": "echo before; sleep 30"})
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        _, body = worker.call("GET", "/v1/scripts/crash?wait=2")
-        if "before" in lines(body):
-            break
+def test_kill_minus_9_then_restart_answers_every_ticket(worker: Worker) -> None:
+    done = {"project": "web", "body": "seq 1 500", "wait_seconds": 20}
+    assert worker.call("PUT", "/v1/scripts/done", done)[1]["state"] == "complete"
+    hold = {"isolation": "full", "mutex": "m"}
+    body = "echo before; sleep 30"
+    worker.call("PUT", "/v1/scripts/crash", {"project": "web", "body": body, **hold})
+    worker.call("PUT", "/v1/scripts/queued", {"project": "web", "body": "echo never", **hold})
+    _wait_line(worker, "crash", "before")
+    assert worker.call("GET", "/v1/scripts/queued")[1]["state"] == "pending"
     worker.stop(signal.SIGKILL)
-    time.sleep(1.0)  # the zygote sees its supervisor gone and kills the run
-    worker.start()
-    _, body = worker.call("GET", "/v1/scripts/crash")
-    assert (body["state"], body["exit_code"]) == ("complete", -46)
-    assert "before" in lines(body)
-    assert any("result lost" in text for text in lines(body, "debug"))
-    uid = "430000"  # the first uid of the fixture's range: project web's
-    leftovers = subprocess.run(["pgrep", "-u", uid], capture_output=True, check=False)
-    assert leftovers.stdout == b"", leftovers  # nothing of the interrupted run survived
+    worker.start()  # at once: the start-up sweep, not a grace period, ends the orphans
+    assert worker.processes_of("web") == b""  # nothing of the interrupted run survived
+    _, finished = worker.call("GET", "/v1/scripts/done")
+    assert (finished["exit_code"], lines(finished)) == (0, [str(n) for n in range(1, 501)])
+    for ticket in ("crash", "queued"):
+        _, body = worker.call("GET", f"/v1/scripts/{ticket}")
+        assert (body["state"], body["exit_code"]) == ("complete", -46), body
+        assert any("result lost" in text for text in lines(body, "debug")), body
+    _, crashed = worker.call("GET", "/v1/scripts/crash")
+    assert "before" in lines(crashed) and lines(worker.call("GET", "/v1/scripts/queued")[1]) == []
 
 
 def test_health_and_capabilities(worker: Worker) -> None:
@@ -116,9 +156,7 @@ def test_no_script_process_is_left(worker: Worker) -> None:
         {"project": "web", "body": "sleep 100 & echo ok", "wait_seconds": 20},
     )
     time.sleep(0.5)
-    leftovers = subprocess.run(["pgrep", "-u", "430000", "sleep"], capture_output=True, check=False)
-    assert leftovers.stdout == b"", leftovers
-    assert os.path.exists("/proc/self")
+    assert worker.processes_of("web") == b""  # the backgrounded sleep went with the run
 
 
 def test_stop_kills_running_scripts_and_records_them(worker: Worker, tmp_path: Path) -> None:
@@ -196,6 +234,15 @@ def test_the_client_reconnects_once_after_the_worker_restarted(worker: Worker) -
     finally:
         client.close()
         worker.start()
+
+
+def _wait_line(worker: Worker, ticket: str, text: str, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if text in lines(worker.call("GET", f"/v1/scripts/{ticket}?wait=1")[1]):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"ticket {ticket} never printed {text!r}")
 
 
 def _wait_state(worker: Worker, ticket: str, state: str, seconds: float = 15) -> dict[str, object]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.daemon import Worker, _worker, lines
+from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
 
 pytestmark = pytest.mark.root
 
@@ -82,3 +82,23 @@ def test_output_that_cannot_be_kept_stops_the_script_with_a_reason(small: Worker
     assert "output could not be recorded" in str(status["message"])
     assert "No space left on device" in str(status["message"])
     assert small.call("GET", "/v1/health")[0] == 200
+
+
+def test_a_read_only_state_directory_stops_serve_at_start_up(small: Worker) -> None:
+    # (While it runs, the daemon's open logs keep the filesystem from going read-only; a
+    # full one is the run-time case, above.)
+    small.stop()
+    subprocess.run(["mount", "-o", "remount,ro", str(small.state)], check=True)
+    try:
+        refused = subprocess.run(
+            [SANDWORKER, "serve", "--config", str(small.home / "sandworker.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small.state)], check=True)
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot start" in refused.stderr and "Read-only file system" in refused.stderr
+    small.start()  # writable again: it serves, with the earlier state intact

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sandworker.daemon.cli import main
 from sandworker.daemon.config import ConfigError, config_reference, config_schema, load_config
 
 
@@ -87,3 +88,13 @@ def test_schema_and_reference_come_from_the_same_fields() -> None:
     schema = config_schema()
     assert set(schema["properties"]) == {"server", "tls", "state", "sandbox"}
     assert "max_concurrent" in config_reference()
+
+
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, '[server]\nlisten = "127.0.0.1:9000"\n')
+    assert main(["config", "check", str(good)]) == 0
+    assert capsys.readouterr().out == f"ok: {good}\n"
+    bad = write(tmp_path, "[server]\nmax_connections = 0\n[nope]\n")
+    assert main(["config", "check", str(bad)]) == 1
+    errors = capsys.readouterr().err
+    assert f"{bad}:2 server.max_connections:" in errors and "nope" in errors

@@ -71,7 +71,7 @@ def test_acquire_timeout_gives_up_and_zero_waits_forever() -> None:
     s.admit(now=0)
     s.submit("w2", "p", 10, now=1, isolation=Isolation.FULL, acquire_timeout=5)
     s.submit("w3", "p", 10, now=1, isolation=Isolation.FULL, acquire_timeout=0)
-    assert s.next_deadline() == 6
+    assert s.next_deadline(now=1) == 6
     assert s.admit(now=5.9).timed_out == []
     result = s.admit(now=6)
     assert result.timed_out == ["w2"] and result.started == []
@@ -79,6 +79,30 @@ def test_acquire_timeout_gives_up_and_zero_waits_forever() -> None:
     assert s.admit(now=10_000).timed_out == []  # w3 waits forever
     s.finished("w1")
     assert s.admit(now=10_001).started == ["w3"]
+
+
+def test_the_acquire_timeout_does_not_run_while_waiting_for_a_slot() -> None:
+    s = Scheduler(global_limit=1)
+    s.submit("busy", "p", 10, now=0)
+    s.admit(now=0)
+    s.submit("late", "p", 10, now=1, isolation=Isolation.FULL, acquire_timeout=5)
+    assert s.admit(now=100).timed_out == []  # the worker's one slot was busy, not the mutex
+    assert s.next_deadline(now=100) is None  # no timer spins on a deadline already past
+    assert "slots of this worker are busy" in str(s.why_waiting("late"))
+    s.finished("busy")
+    assert s.admit(now=101).started == ["late"]
+
+
+def test_only_a_ticket_held_back_by_the_mutex_alone_times_out() -> None:
+    s = Scheduler(global_limit=10)
+    s.submit("holder", "p", 1, now=0, isolation=Isolation.FULL)
+    s.admit(now=0)
+    s.submit("mutex-only", "q", 1, now=1, isolation=Isolation.FULL, acquire_timeout=5)
+    s.submit("slot-too", "p", 1, now=1, isolation=Isolation.FULL, acquire_timeout=5)
+    result = s.admit(now=6)
+    assert result.timed_out == ["mutex-only"]  # project p's one slot also holds back slot-too
+    s.finished("holder")
+    assert s.admit(now=7).started == ["slot-too"]
 
 
 def test_cancel_while_queued_and_duplicates() -> None:
