@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,29 +50,32 @@ def test_a_start_repeated_while_it_runs_only_reports(worker: Worker) -> None:
     assert len(starts) == 1
 
 
-def test_long_poll_waits_for_a_line_then_for_the_end(worker: Worker) -> None:
-    worker.call("PUT", "/v1/scripts/lp", {"project": "web", "body": "sleep 2; echo late; sleep 2"})
+def _started(worker: Worker, ticket: str, body: str) -> int:
+    """Start a script; the `after` that skips its debug lines (layers applied)."""
+    worker.call("PUT", f"/v1/scripts/{ticket}", {"project": "web", "body": body})
     time.sleep(0.5)
-    after = _after_setup(worker, "lp")
+    return _after_setup(worker, ticket)
+
+
+def _timed(worker: Worker, path: str) -> tuple[dict[str, Any], float]:
     began = time.monotonic()
-    _, body = worker.call("GET", f"/v1/scripts/lp?after={after}&wait=15")
-    waited = time.monotonic() - began
+    _, body = worker.call("GET", path)
+    return body, time.monotonic() - began
+
+
+def test_long_poll_waits_for_a_line_then_for_the_end(worker: Worker) -> None:
+    after = _started(worker, "lp", "sleep 2; echo late; sleep 2")
+    body, waited = _timed(worker, f"/v1/scripts/lp?after={after}&wait=15")
     assert lines(body) == ["late"] and body["state"] == "running"
     assert 0.8 < waited < 5, waited  # held until the line came, answered when it did
-    began = time.monotonic()
-    _, body = worker.call("GET", f"/v1/scripts/lp?after={body['next_seq'] - 1}&wait=15")
-    waited = time.monotonic() - began
+    body, waited = _timed(worker, f"/v1/scripts/lp?after={body['next_seq'] - 1}&wait=15")
     assert (body["state"], body["exit_code"], lines(body)) == ("complete", 0, [])
     assert 1 < waited < 6, waited  # woken by the completion, not by the 15 s wait
 
 
 def test_long_poll_on_a_silent_script_answers_after_wait(worker: Worker) -> None:
-    worker.call("PUT", "/v1/scripts/quiet", {"project": "web", "body": "sleep 10"})
-    time.sleep(0.5)
-    after = _after_setup(worker, "quiet")
-    began = time.monotonic()
-    _, body = worker.call("GET", f"/v1/scripts/quiet?after={after}&wait=2")
-    waited = time.monotonic() - began
+    after = _started(worker, "quiet", "sleep 10")
+    body, waited = _timed(worker, f"/v1/scripts/quiet?after={after}&wait=2")
     assert (body["state"], body["logs"], body["next_seq"]) == ("running", [], after + 1)
     assert 1.9 < waited < 4, waited
     worker.call("POST", "/v1/scripts/quiet/cancel")
