@@ -165,11 +165,63 @@ SANDBOX = (
         maximum=4096,
     ),
 )
+EXTERNAL = (
+    Field(
+        "workers",
+        Kind.STR,
+        "The external workers file (`sandworker external-worker`, `sandworker pool`). While"
+        " it lists any worker, this daemon runs no script itself: it hands each one to a"
+        " healthy worker of the pool the start names (default `default`).",
+        default="/etc/sandworker/workers.toml",
+    ),
+    Field(
+        "check_interval",
+        Kind.DURATION,
+        "Time between two health checks (`GET /v1/health`) of each external worker.",
+        default="10s",
+        minimum=1,
+        maximum=3600,
+    ),
+    Field(
+        "check_timeout",
+        Kind.DURATION,
+        "How long one health check may take before it counts as failed.",
+        default="5s",
+        minimum=1,
+        maximum=300,
+    ),
+    Field(
+        "unhealthy_after",
+        Kind.INT,
+        "Failed checks in a row that take a worker out of rotation.",
+        default=2,
+        minimum=1,
+        maximum=100,
+    ),
+    Field(
+        "healthy_after",
+        Kind.INT,
+        "Passed checks in a row that bring it back.",
+        default=2,
+        minimum=1,
+        maximum=100,
+    ),
+    Field(
+        "lost_after",
+        Kind.DURATION,
+        "How long the worker of a running script may stay unreachable before its ticket"
+        " completes with -46 (result lost). Until then status answers what arrived.",
+        default="10m",
+        minimum=5,
+        maximum=7 * 86400,
+    ),
+)
 FILE = (
     Field("server", Kind.TABLE, "The listener.", fields=SERVER),
     Field("tls", Kind.TABLE, "Certificate, key and trusted clients.", fields=TLS),
     Field("state", Kind.TABLE, "Durable state.", fields=STATE),
     Field("sandbox", Kind.TABLE, "How scripts are run.", fields=SANDBOX),
+    Field("external", Kind.TABLE, "External workers this daemon proxies to.", fields=EXTERNAL),
 )
 
 

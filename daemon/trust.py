@@ -13,20 +13,15 @@ that cannot be read or parsed trusts nobody (fail closed) and says why.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
-import tomllib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from sandworker.sandbox.atomic import write_atomic
-
 from .certs import Algorithm, CertPrints, InvalidThumbprint, Thumbprint, parse_thumbprint
+from .watched import WatchedToml
 
 _GLOB = re.compile(r"[A-Za-z0-9._*?-]{1,64}")
 _HEADER = (
@@ -137,53 +132,27 @@ def _render(entries: Sequence[Trust]) -> bytes:
     return "\n".join(blocks).encode()
 
 
+def _parse_file(path: Path, data: dict[str, object]) -> tuple[Trust, ...]:
+    unknown = set(data) - {"client"}
+    if unknown:
+        raise TrustError(f"{path}: unknown field {sorted(unknown)[0]!r}")
+    clients = data.get("client", [])
+    if not isinstance(clients, list):
+        raise TrustError(f"{path}: client: expected [[client]] tables")
+    return tuple(_parse_entry(raw, f"{path}: client {n}") for n, raw in enumerate(clients, 1))
+
+
 class TrustStore:
-    """The trust file at `path`, re-read whenever its inode, size or mtime changes."""
+    """The trust file at `path` (a WatchedToml: re-read whenever it changes)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int, int, int] | None = None
-        self._entries: tuple[Trust, ...] = ()
-        self._error: TrustError | None = None
+        none: tuple[Trust, ...] = ()
+        self._file = WatchedToml(path, lambda data: _parse_file(path, data), none, TrustError)
 
     def entries(self) -> tuple[Trust, ...]:
         """The current entries; TrustError if the file is unusable."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._stamp, self._entries, self._error = None, (), None
-            return ()
-        except OSError as exc:
-            raise TrustError(f"cannot read {self.path}: {exc.strerror}") from exc
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if stamp != self._stamp:
-            self._stamp = stamp
-            try:
-                self._entries, self._error = self._load(st.st_mode), None
-            except TrustError as exc:
-                self._entries, self._error = (), exc
-        if self._error is not None:
-            raise self._error
-        return self._entries
-
-    def _load(self, mode: int) -> tuple[Trust, ...]:
-        if mode & 0o022:
-            raise TrustError(f"{self.path} is writable by group or others: chmod 600 it")
-        try:
-            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise TrustError(f"cannot read {self.path}: {exc.strerror}") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise TrustError(f"{self.path}: {exc}") from exc
-        unknown = set(data) - {"client"}
-        if unknown:
-            raise TrustError(f"{self.path}: unknown field {sorted(unknown)[0]!r}")
-        clients = data.get("client", [])
-        if not isinstance(clients, list):
-            raise TrustError(f"{self.path}: client: expected [[client]] tables")
-        return tuple(
-            _parse_entry(raw, f"{self.path}: client {n}") for n, raw in enumerate(clients, 1)
-        )
+        return self._file.read()
 
     def lookup(self, sha256: str, sha1: str) -> Trust | None:
         """The trust of a presented certificate, or None; TrustError if the file is unusable.
@@ -200,7 +169,7 @@ class TrustStore:
     def add(self, key: Thumbprint | CertPrints, projects: Sequence[str] = ()) -> tuple[Trust, bool]:
         """Trust `key` for `projects` (none: all); returns the entry and whether it changed."""
         globs = tuple(dict.fromkeys(validate_glob(p) for p in projects))
-        with self._locked():
+        with self._file.locked():
             old = self.entries()
             found = [entry for entry in old if entry.matches(key)]
             entry = _merge(key, found, globs)
@@ -213,7 +182,7 @@ class TrustStore:
 
     def remove(self, key: Thumbprint | CertPrints) -> list[Trust]:
         """Stop trusting `key`: the removed entries, or TrustError naming what is trusted."""
-        with self._locked():
+        with self._file.locked():
             old = self.entries()
             removed = [entry for entry in old if entry.matches(key)]
             if not removed:
@@ -223,21 +192,4 @@ class TrustStore:
             return removed
 
     def _save(self, entries: Sequence[Trust]) -> None:
-        try:
-            write_atomic(self.path, _render(entries), mode=0o600)
-        except OSError as exc:
-            raise TrustError(f"cannot write {self.path}: {exc.strerror}") from exc
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise read-modify-write cycles of concurrent `trust` commands."""
-        try:
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise TrustError(f"cannot open {self.path.parent}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        self._file.save(_render(entries))

@@ -86,7 +86,7 @@ def test_uid_range_order_is_checked(tmp_path: Path) -> None:
 
 def test_schema_and_reference_come_from_the_same_fields() -> None:
     schema = config_schema()
-    assert set(schema["properties"]) == {"server", "tls", "state", "sandbox"}
+    assert set(schema["properties"]) == {"server", "tls", "state", "sandbox", "external"}
     assert "max_concurrent" in config_reference()
 
 
