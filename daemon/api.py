@@ -7,6 +7,7 @@ Protocol history (one line per change):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -73,6 +74,16 @@ class StartRequest:
     acquire_timeout: float  # seconds; 0 waits forever
     timeout: float | None  # seconds; None: the policy's
     wait_seconds: float
+    pool: str | None = None  # the external workers' pool (a proxy only); None: `default`
+
+    def forwarded(self) -> dict[str, Any]:
+        """The start as a proxy sends it on to an external worker (pools are the proxy's)."""
+        body = dataclasses.asdict(self)
+        body.update(arguments=list(self.arguments), isolation=str(self.isolation))
+        del body["pool"]
+        if self.timeout is None:
+            del body["timeout"]
+        return body
 
     @classmethod
     def parse(cls, raw: bytes) -> StartRequest:
@@ -93,6 +104,7 @@ class StartRequest:
             "acquire_timeout",
             "timeout",
             "wait_seconds",
+            "pool",
         }
         unknown = sorted(set(doc) - known)
         if unknown:
@@ -130,6 +142,7 @@ class StartRequest:
             acquire_timeout=_seconds(doc, "acquire_timeout", 0.0, low=0) or 0.0,
             timeout=timeout,
             wait_seconds=_seconds(doc, "wait_seconds", 0.0, low=0, high=MAX_WAIT_SECONDS) or 0.0,
+            pool=validate_name("pool", doc["pool"]) if "pool" in doc else None,
         )
 
 

@@ -39,6 +39,7 @@ class Event(enum.StrEnum):
     SCRIPT_COMPLETE = "script.complete"
     TICKET_RECOVERED = "ticket.recovered"
     TICKET_PURGED = "ticket.purged"
+    WORKER_REFUSED = "worker.refused"  # an external worker presented the wrong certificate
 
 
 class AuditLog:

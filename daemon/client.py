@@ -73,8 +73,8 @@ class _Channel:
     A request on a connection the worker had closed while it idled is sent once more on a
     new one (status, start and cancel are idempotent; complete answers the same again)."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        self._where, self._context = (host, port), context
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float) -> None:
+        self._where, self._context, self._timeout = (host, port), context, timeout
         self._conn: http.client.HTTPSConnection | None = None
         self._reused = False  # the connection has answered before: it may have gone stale
         self._request: tuple[str, str, bytes | None] | None = None  # in flight
@@ -125,7 +125,7 @@ class _Channel:
         if self._conn is None:
             host, port = self._where
             self._conn = http.client.HTTPSConnection(
-                host, port, context=self._context, timeout=POLL_SECONDS + 30
+                host, port, context=self._context, timeout=self._timeout
             )
         try:
             self._conn.request(
@@ -153,14 +153,18 @@ class _Channel:
 
 
 class Client:
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, timeout: float = POLL_SECONDS + 30) -> None:
+        """`timeout`: for connecting and for each read (a long-poll takes up to 60 s)."""
         parsed = urllib.parse.urlsplit(profile.url)
         if parsed.scheme != "https" or not parsed.hostname:
             raise ClientError(f"worker URL {profile.url!r} must be https://HOST:PORT")
         context = client_context(profile.certificate, profile.key, profile.thumbprint)
         host, port = parsed.hostname, parsed.port or 10933
         # The second channel lets `follow` fetch the next page while this one is parsed.
-        self._channels = (_Channel(host, port, context), _Channel(host, port, context))
+        self._channels = (
+            _Channel(host, port, context, timeout),
+            _Channel(host, port, context, timeout),
+        )
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, dict[str, Any]]:
         """One request on a kept-alive connection: the status code and the JSON answer."""

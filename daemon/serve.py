@@ -26,11 +26,13 @@ from .certs import CertPrints, certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
 from .http import ConnectionCap, Router, make_site
 from .pinning import identify, log_rejection, server_context_factory
+from .pools import CheckSettings, Pools
 from .scheduler import Scheduler
 from .service import ScriptService
 from .tickets import RESULT_LOST, TicketStoreError
 from .ticketstore import TicketStore
 from .trust import TrustError, TrustStore
+from .workers import ExternalWorker, WorkerError, WorkerStore
 
 EXIT_CONFIG = 2
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -56,7 +58,10 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     for ticket_id in recovery.lost:
         audit.record(Event.TICKET_RECOVERED, ticket=ticket_id, exit_code=RESULT_LOST)
     scheduler = Scheduler(config["sandbox.max_concurrent"])
-    service = ScriptService(sandbox, lambda: policies, store, scheduler, audit)
+    pools = _pools(config, audit)
+    service = ScriptService(sandbox, lambda: policies, store, scheduler, audit, pools=pools)
+    assert service.proxy is not None
+    service.proxy.resume(recovery.handed)
     trust = TrustStore(Path(config["tls.trust"]))
 
     def refused(prints: CertPrints, reason: str, peer: str) -> None:
@@ -83,6 +88,31 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     tls = TLSMemoryBIOFactory(cast(Any, context), False, cast(Any, site))
     factory = ConnectionCap(tls, config["server.max_connections"])
     return factory, store, service, audit
+
+
+def _pools(config: Config, audit: AuditLog) -> Pools:
+    workers = WorkerStore(Path(config["external.workers"]))
+    workers.workers()  # an unusable file stops the start, with its message
+
+    def refused(worker: ExternalWorker, error: str) -> None:
+        log.error("external worker %s refused: %s", worker.name, error)
+        audit.record(Event.WORKER_REFUSED, worker=worker.address, reason=error)
+
+    settings = CheckSettings(
+        interval=config["external.check_interval"],
+        timeout=config["external.check_timeout"],
+        unhealthy_after=config["external.unhealthy_after"],
+        healthy_after=config["external.healthy_after"],
+        lost_after=config["external.lost_after"],
+    )
+    return Pools(
+        workers,
+        certificate=Path(config["tls.certificate"]),
+        key=Path(config["tls.key"]),
+        settings=settings,
+        state_dir=Path(config["state.directory"]),
+        on_refused=refused,
+    )
 
 
 def start_logging(*, verbose: bool = False) -> None:
@@ -124,6 +154,7 @@ def dev_home(base: Path) -> Path:
         f'[server]\nlisten = "127.0.0.1:{DEV_PORT}"\n[tls]\ncertificate = "{base}/worker.crt"\n'
         f'key = "{base}/worker.key"\ntrust = "{base}/trust.toml"\n[state]\n'
         f'directory = "{base}/state"\n[sandbox]\npolicy_dir = "{base}/policies"\n'
+        f'[external]\nworkers = "{base}/workers.toml"\n'
     )
     return config
 
@@ -165,11 +196,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, PolicyError) as exc:
         print(f"sandworker: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (TicketStoreError, TrustError, OSError, CannotListenError) as exc:
+    except (TicketStoreError, TrustError, WorkerError, OSError, CannotListenError) as exc:
         print(f"sandworker: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
     task.LoopingCall(_sync, store, audit).start(0.2, now=False)
+    assert service.proxy is not None
+    pools = service.proxy.pools
+    reactor.suggestThreadPoolSize(64)  # health checks and calls to external workers block
+    task.LoopingCall(pools.check_all).start(pools.settings.interval, now=True)
     retention = config["state.retention"]  # purged at start-up, then every half of it (<= 1 h)
     task.LoopingCall(service.purge, retention).start(min(retention / 2, 3600), now=True)
     print(f"sandworker: listening on {host}:{listening.getHost().port}", flush=True)

@@ -33,6 +33,8 @@ from .audit import AuditLog, Event
 from .client import NEXT_SEQ_HEADER, STATE_HEADER
 from .driver import ScriptDriver, reactor
 from .http import Body, Encoded, Handler, Identity
+from .pools import Pools
+from .proxy import Proxy
 from .scheduler import Scheduler
 from .tickets import (
     CANCELLED,
@@ -59,6 +61,8 @@ class ScriptService:
         store: TicketStore,
         scheduler: Scheduler,
         audit: AuditLog,
+        *,
+        pools: Pools | None = None,
     ) -> None:
         self.sandbox, self.policies, self.store, self.scheduler, self.audit = (
             sandbox,
@@ -73,6 +77,9 @@ class ScriptService:
         self._timer: Any = None
         self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
         self._output_lost: dict[str, str] = {}  # ticket -> why its output stopped being kept
+        self.proxy = (
+            None if pools is None else Proxy(pools, store, audit, wake=self._wake, end=self._end)
+        )
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         return {
@@ -99,6 +106,21 @@ class ScriptService:
                     409, "Conflict", f"ticket {ticket_id} already exists for another project"
                 )
             return 200, self._status_body(existing, after=-1)
+        if self.proxy is not None and self.proxy.active:  # the workers' policies decide
+            ticket = self.proxy.hand_off(ticket_id, start, who.thumbprint)
+        else:
+            ticket = self._accept(ticket_id, start, who)
+        if start.wait_seconds > 0 and not ticket.complete:
+            await self._wait(ticket.id, start.wait_seconds, until_complete=True)
+        return 201, self._status_body(ticket, after=-1)
+
+    def _accept(self, ticket_id: str, start: StartRequest, who: Identity) -> Ticket:
+        """A start for the built-in worker: checked against policy, recorded, queued."""
+        if start.pool is not None:
+            raise bad_request(
+                f"pool {start.pool!r}: this worker runs scripts itself and has no pools of"
+                " external workers; leave pool out"
+            )
         try:
             policy = self.policies().resolve(start.project)
         except PolicyDenied as exc:
@@ -139,9 +161,7 @@ class ScriptService:
             acquire_timeout=start.acquire_timeout,
         )
         self._admit()
-        if start.wait_seconds > 0 and not ticket.complete:
-            await self._wait(ticket.id, start.wait_seconds, until_complete=True)
-        return 201, self._status_body(ticket, after=-1)
+        return ticket
 
     async def status(
         self, request: server.Request, parts: list[str], who: Identity
@@ -161,7 +181,9 @@ class ScriptService:
             self.audit.record(
                 Event.SCRIPT_CANCEL, ticket=ticket.id, project=ticket.project, client=who.thumbprint
             )
-        if ticket.id in self._queued:
+        if ticket.record.worker is not None and self.proxy is not None:
+            await self.proxy.cancel(ticket)
+        elif ticket.id in self._queued:
             self._queued.pop(ticket.id)
             self.scheduler.finished(ticket.id)
             self._end(ticket, CANCELLED, "cancelled", "cancelled before it started")
@@ -178,7 +200,10 @@ class ScriptService:
             raise Problem(
                 409, "Conflict", f"ticket {ticket.id} is still {ticket.state}; cancel it first"
             )
-        self._cleanup(ticket)
+        if ticket.record.worker is not None and self.proxy is not None:
+            await self.proxy.complete(ticket)
+        else:
+            self._cleanup(ticket)
         self.store.complete(ticket.id)
         self.audit.record(
             Event.SCRIPT_COMPLETE, ticket=ticket.id, project=ticket.project, client=who.thumbprint
@@ -192,7 +217,8 @@ class ScriptService:
         return 200, {
             "status": "ok",
             "version": __version__,
-            "builtin_worker": True,
+            "builtin_worker": not (self.proxy is not None and self.proxy.active),
+            "external_workers": [] if self.proxy is None else self.proxy.pools.report(),
             "running": self.scheduler.running,
             "queued": self.scheduler.queued,
             "layers": {str(layer): host.missing.get(layer, "ok") for layer in Layer},
@@ -324,7 +350,10 @@ class ScriptService:
             log.warning("ticket %s: its working directory stays: %s", ticket.id, exc)
 
     def shutdown(self) -> None:
-        """The reactor is stopping: kill what runs, record an outcome for every ticket."""
+        """The reactor is stopping: kill what runs, record an outcome for every ticket.
+        (Tickets at external workers run on there; a restart follows them again.)"""
+        if self.proxy is not None:
+            self.proxy.stop()
         queued, self._queued = self._queued, {}
         for ticket_id, (_start, ticket) in queued.items():
             self.scheduler.finished(ticket_id)

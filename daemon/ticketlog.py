@@ -187,9 +187,27 @@ class TicketLog:
         # One template per call, then C-level loops: this is the hot path of a chatty script.
         template = (_ENTRY % (str(source), rfc3339(self.clock()))).encode()
         first = self._count
-        entries = list(
-            map(template.__mod__, zip(range(first, first + len(quoted)), quoted, strict=True))
-        )
+        seqs = range(first, first + len(quoted))
+        return self._write(list(map(template.__mod__, zip(seqs, quoted, strict=True))))
+
+    def append_copies(self, lines: list[tuple[Source, str, bytes]]) -> int:
+        """Lines another worker numbered and timed (source, RFC 3339 time, escaped text),
+        numbered on from this log's end: the proxy's copy of a ticket's log."""
+        if self._fd is None:
+            raise ValueError("the log is closed")
+        first = self._count
+        entries = [
+            (_ENTRY % (str(source), stamp)).encode() % (seq, quoted)
+            for seq, (source, stamp, quoted) in enumerate(lines, first)
+        ]
+        return self._write(entries)
+
+    def _write(self, entries: list[bytes]) -> int:
+        """Entries numbered from `count` on, in one `write()`; on failure none stays."""
+        assert self._fd is not None
+        if not entries:
+            return 0
+        first = self._count
         strides: list[bytes] = []  # joined a stride at a time, to index each stride's start
         marks: list[int] = []
         offset, done = self._size, 0

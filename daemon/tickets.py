@@ -33,7 +33,16 @@ from typing import Any, TypeVar
 from sandworker.sandbox.atomic import write_atomic
 from sandworker.sandbox.outcome import Outcome, Reason
 
-from .ticketlog import LOG_FILE, LineFramer, LogLine, Source, TicketLog, rfc3339, text_lines
+from .ticketlog import (
+    LOG_FILE,
+    LineFramer,
+    LogLine,
+    Source,
+    TicketLog,
+    escape,
+    rfc3339,
+    text_lines,
+)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -46,6 +55,7 @@ UNKNOWN_TICKET = -45
 RESULT_LOST = -46
 
 DEFAULT_PURGE_AGE = 24 * 3600.0
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 LOST_MESSAGE = "result lost: the supervisor stopped while the script ran"
 REQUEST_FILE, STATE_FILE = "request.json", "state.json"
 _TICKET_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -288,6 +298,35 @@ class Ticket:
     def debug(self, text: str) -> None:
         """The daemon's own remark, shown to the client as a debug line."""
         self._append(Source.DEBUG, text_lines(text))
+
+    def assign(self, worker: str) -> None:
+        """The external worker (its address) this ticket is handed to; kept across restarts."""
+        self._commit(replace(self._record, worker=worker))
+
+    def copy_lines(self, lines: list[dict[str, Any]]) -> int:
+        """The worker's lines, numbered by it: those this copy already has are skipped, and
+        copying stops at a gap (the caller asks again from `next_seq`). How many were added.
+        Nothing in them is trusted: the source must be one of the three, the time is
+        replaced by this worker's clock if it is not RFC 3339, the text is escaped here."""
+        wanted = self.next_seq
+        copies: list[tuple[Source, str, bytes]] = []
+        for line in lines:
+            seq, text = line.get("seq"), line.get("text")
+            if not isinstance(seq, int) or seq < wanted + len(copies):
+                continue
+            if seq > wanted + len(copies) or not isinstance(text, str):
+                break
+            try:
+                source = Source(str(line.get("source")))
+            except ValueError:
+                break
+            stamp = line.get("time")
+            if not isinstance(stamp, str) or _RFC3339.fullmatch(stamp) is None:
+                stamp = rfc3339(self._log.clock())
+            copies.append((source, stamp, escape([text.encode("utf-8", "replace")])[0]))
+        if self.complete and copies:
+            raise InvalidTransition(f"ticket {self.id} is complete; its log is closed")
+        return self._persist(lambda: self._log.append_copies(copies)) if copies else 0
 
     def read_after(self, after: int, limit: int) -> list[LogLine]:
         return self._persist(lambda: self._log.read_after(after, limit), "read")

@@ -46,6 +46,7 @@ class Recovery:
 
     restored: list[str] = field(default_factory=list)  # ids, as recorded
     lost: list[str] = field(default_factory=list)  # ids now complete with RESULT_LOST
+    handed: list[str] = field(default_factory=list)  # unfinished, at an external worker
     problems: list[str] = field(default_factory=list)
 
 
@@ -173,8 +174,10 @@ class TicketStore:
             return f"ticket {name} has no {REQUEST_FILE} (never acknowledged): removed"
         request, problem = _parse_request(raw_request)
         record, corrupt = self._load_record(where, info.st_mtime)
-        lost = corrupt is not None or record.state is not State.COMPLETE
-        ticket_log = TicketLog.open(where.log_opener(), self._clock, keep_open=lost)
+        unfinished = corrupt is None and record.state is not State.COMPLETE
+        handed = unfinished and record.worker is not None  # runs on, at an external worker
+        lost = corrupt is not None or (unfinished and not handed)
+        ticket_log = TicketLog.open(where.log_opener(), self._clock, keep_open=lost or handed)
         if ticket_log.dropped_bytes:
             found.problems.append(
                 f"ticket {name}: cut {ticket_log.dropped_bytes} bytes of a torn last line"
@@ -182,6 +185,8 @@ class TicketStore:
             )
         ticket = self._tickets[name] = Ticket(where, record, request, ticket_log)
         found.restored.append(ticket.id)
+        if handed:
+            found.handed.append(ticket.id)
         if lost:
             found.lost.append(ticket.id)
             self._mark_lost(ticket, corrupt or LOST_MESSAGE, found)

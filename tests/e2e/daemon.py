@@ -111,9 +111,10 @@ def _free_port() -> int:
 
 
 def _worker(
-    tmp_path: Path, server: str = "", state: str = "", sandbox: str = ""
+    tmp_path: Path, server: str = "", state: str = "", sandbox: str = "", external: str = ""
 ) -> Iterator[Worker]:
-    """A started daemon; `server`, `state` and `sandbox` are extra lines for those tables."""
+    """A started daemon; `server`, `state`, `sandbox` and `external` are extra lines for
+    those tables."""
     home = tmp_path / "home"
     home.mkdir()
     write_pair(home / "worker.crt", home / "worker.key", "worker")
@@ -141,6 +142,9 @@ policy_dir = "{home}/policies"
 uid_min = 430000
 uid_max = 430999
 {sandbox}
+[external]
+workers = "{home}/workers.toml"
+{external}
 """)
     w = Worker(home, port)
     w.start()

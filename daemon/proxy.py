@@ -1,0 +1,156 @@
+"""The proxy: while external workers are configured, every script goes to one of them.
+
+The caller sees the same API: a local ticket is created (persisted before it is
+acknowledged, as always) and remembers its worker; a RemoteRun starts it there and
+copies every line and the outcome into the local ticket, from which status and
+long-polls are answered. Cancel and complete are forwarded to the ticket's worker.
+This daemon spawns no script process while it proxies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import threads
+
+from .api import Problem, StartRequest
+from .audit import AuditLog, Event
+from .client import ClientError
+from .pools import NoHealthyWorker, Pools
+from .remote import RemoteRun
+from .tickets import InvalidTransition, State, Ticket, TicketStoreError
+from .ticketstore import TicketStore
+
+log = logging.getLogger(__name__)
+
+
+class Proxy:
+    def __init__(
+        self,
+        pools: Pools,
+        store: TicketStore,
+        audit: AuditLog,
+        *,
+        wake: Callable[[str], None],
+        end: Callable[[Ticket, int, str, str], None],
+    ) -> None:
+        self.pools, self.store, self.audit = pools, store, audit
+        self._wake, self._end = wake, end
+        self._runs: dict[str, RemoteRun] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.pools.configured()
+
+    def hand_off(self, ticket_id: str, start: StartRequest, client: str) -> Ticket:
+        """Choose a worker, record the ticket with it, and start following it there."""
+        try:
+            worker = self.pools.choose(start.pool)
+        except NoHealthyWorker as exc:
+            raise Problem(
+                503, "Service Unavailable", f"{exc}; the script was not started"
+            ) from None
+        try:
+            ticket, _new = self.store.create(ticket_id, start.forwarded() | {"pool": start.pool})
+            ticket.assign(worker.address)
+        except TicketStoreError as exc:
+            raise Problem(
+                507, "Insufficient Storage", f"{exc}; the script was not started"
+            ) from None
+        self.audit.record(
+            Event.SCRIPT_START, ticket=ticket.id, project=start.project, client=client,
+            worker=worker.address,
+        )  # fmt: skip
+        self._follow(ticket, worker.address, start.forwarded(), started=False)
+        return ticket
+
+    def resume(self, ticket_ids: list[str]) -> None:
+        """After a restart: follow the tickets that were still running at their workers."""
+        for ticket_id in ticket_ids:
+            ticket = self.store.get(ticket_id)
+            if ticket is not None and ticket.record.worker is not None:
+                ticket.debug(f"the proxy restarted; following the script at {ticket.record.worker}")
+                self._follow(ticket, ticket.record.worker, dict(ticket.request), started=True)
+
+    def stop(self) -> None:
+        for run in self._runs.values():
+            run.stop()
+
+    async def cancel(self, ticket: Ticket) -> None:
+        if not ticket.complete and ticket.record.worker is not None:
+            await self._forward(ticket, "POST", f"/v1/scripts/{ticket.id}/cancel")
+
+    async def complete(self, ticket: Ticket) -> None:
+        """Complete at the worker first (it removes the working directory there)."""
+        if ticket.record.worker is None:
+            return
+        try:
+            await self._forward(ticket, "DELETE", f"/v1/scripts/{ticket.id}")
+        except Problem as problem:
+            if problem.status != 503:
+                raise
+            log.warning("ticket %s: completed here only: %s", ticket.id, problem.detail)
+
+    async def _forward(self, ticket: Ticket, method: str, path: str) -> None:
+        address = ticket.record.worker or ""
+        worker = self.pools.worker_at(address)
+        if worker is None:
+            raise Problem(503, "Service Unavailable", f"worker {address} is no longer configured")
+
+        def call() -> tuple[int, dict[str, Any]]:
+            with self.pools.client(worker) as client:
+                return client.call(method, path)
+
+        try:
+            status, doc = await threads.deferToThread(call)
+        except ClientError as exc:
+            raise Problem(503, "Service Unavailable", f"{exc}; retry when it is back") from None
+        if status >= 400 and status != 404:
+            raise Problem(
+                status, str(doc.get("title", "")), f"worker {address}: {doc.get('detail', doc)}"
+            )
+
+    def _follow(
+        self, ticket: Ticket, address: str, start: dict[str, Any], *, started: bool
+    ) -> None:
+        def page(doc: dict[str, Any]) -> tuple[int, bool]:
+            return self._copy(ticket, doc)
+
+        def unreachable(message: str) -> None:
+            if not ticket.complete:
+                ticket.debug(message)
+                self._wake(ticket.id)
+
+        def end(exit_code: int, reason: str, message: str) -> None:
+            self._runs.pop(ticket.id, None)
+            if not ticket.complete:
+                self._end(ticket, exit_code, reason, message)
+
+        self._runs[ticket.id] = RemoteRun(
+            ticket.id, address, start, self.pools, lost_after=self.pools.settings.lost_after,
+            started=started, on_page=page, on_unreachable=unreachable, on_end=end,
+        )  # fmt: skip
+
+    def _copy(self, ticket: Ticket, doc: dict[str, Any]) -> tuple[int, bool]:
+        """One status page of the worker's: copy its lines; end the ticket when it ends."""
+        if ticket.complete:
+            return ticket.next_seq, True
+        try:
+            added = ticket.copy_lines(list(doc.get("logs", [])))
+            if doc.get("state") in ("running", "complete") and ticket.state is State.PENDING:
+                ticket.running()
+        except (TicketStoreError, InvalidTransition) as exc:
+            log.error("ticket %s: cannot copy the worker's lines: %s", ticket.id, exc)
+            added = 0
+        if added:
+            self._wake(ticket.id)
+        whole = ticket.next_seq >= int(doc.get("next_seq", 0))
+        if doc.get("state") == "complete" and whole:
+            self._runs.pop(ticket.id, None)
+            code = doc.get("exit_code")
+            exit_code = code if isinstance(code, int) else -41
+            self._end(ticket, exit_code, "remote", str(doc.get("message", "")))
+            return ticket.next_seq, True
+        return ticket.next_seq, False
