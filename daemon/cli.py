@@ -20,7 +20,7 @@ from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.settings import DEFAULT_INTERPRETERS, SandboxSettings, default_state_dir
 from sandworker.sandbox.syntaxes import SYNTAXES
 
-from . import cli_certs, cli_client, cli_config, cli_policy
+from . import cli_certs, cli_client, cli_config, cli_policy, cli_workers
 from .config import DEFAULT_CONFIG
 
 # Exit codes of `sandbox run` when the script did not simply exit (documented in --help).
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_sandbox_run, argv=None)
     cli_policy.register(sub)
     cli_config.register(sub)
+    cli_workers.register(sub)
     cli_certs.register(sub)
     cli_client.register(sub)
     serve = sub.add_parser("serve", help="run the worker daemon in the foreground")

@@ -57,7 +57,7 @@ class Health:
         return {
             "pool": self.worker.pool,
             "address": self.worker.address,
-            "healthy": bool(self.healthy),
+            "healthy": self.healthy,  # None until its first check
             "checked": rfc3339(self.checked) if self.checked else None,
             "error": self.error,
             "latency_ms": None if self.latency is None else round(self.latency * 1000, 1),

@@ -71,7 +71,7 @@ class Proxy:
         for ticket_id in ticket_ids:
             ticket = self.store.get(ticket_id)
             if ticket is not None and ticket.record.worker is not None:
-                ticket.debug(f"the proxy restarted; following the script at {ticket.record.worker}")
+                log.info("ticket %s: following it again at %s", ticket.id, ticket.record.worker)
                 self._follow(ticket, ticket.record.worker, dict(ticket.request), started=True)
 
     def stop(self) -> None:
@@ -119,9 +119,10 @@ class Proxy:
             return self._copy(ticket, doc)
 
         def unreachable(message: str) -> None:
-            if not ticket.complete:
-                ticket.debug(message)
-                self._wake(ticket.id)
+            # Never a line of its own: the log's numbers are the worker's, copied as they are.
+            log.warning("ticket %s: %s", ticket.id, message)
+            ticket.note = message
+            self._wake(ticket.id)
 
         def end(exit_code: int, reason: str, message: str) -> None:
             self._runs.pop(ticket.id, None)
@@ -137,6 +138,7 @@ class Proxy:
         """One status page of the worker's: copy its lines; end the ticket when it ends."""
         if ticket.complete:
             return ticket.next_seq, True
+        ticket.note = ""  # reached again
         try:
             added = ticket.copy_lines(list(doc.get("logs", [])))
             if doc.get("state") in ("running", "complete") and ticket.state is State.PENDING:

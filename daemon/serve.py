@@ -50,7 +50,7 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     audit = AuditLog(state / AUDIT_FILE)
     audit.record(Event.DAEMON_START, version=__version__, pid=os.getpid())
     sandbox = Sandbox(config.sandbox_settings())
-    for name in sweep(sandbox.host.hierarchy):  # before any script runs: nothing else owns them
+    for name in sweep(sandbox.host.hierarchy, sandbox.cgroup_tag):  # before any script runs
         log.warning("start-up sweep: killed and removed the leftover cgroup %s", name)
     recovery = store.recover()
     for problem in recovery.problems:

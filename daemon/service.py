@@ -398,7 +398,7 @@ class ScriptService:
             "ticket": ticket.id,
             "state": str(state),
             "exit_code": ticket.exit_code if final else None,
-            "message": ticket.message if final else "",
+            "message": ticket.message if final and ticket.complete else ticket.note,
             "next_seq": next_seq,
         }
         body = b"".join((json.dumps(head)[:-1].encode(), b', "logs": ', logs, b"}\n"))

@@ -225,6 +225,7 @@ class Ticket:
         self, where: TicketDir, record: TicketRecord, request: dict[str, Any], log: TicketLog
     ) -> None:
         self._dir, self._record, self.request, self._log = where, record, request, log
+        self.note = ""  # while it runs, the status message (the proxy's "unreachable since")
         self._framers = {Source.STDOUT: LineFramer(), Source.STDERR: LineFramer()}
 
     @property

@@ -1,7 +1,7 @@
 """Per-script cgroups: placement, limits, kill and removal.
 
 Groups are created only below the cgroups this process was started in (read
-from /proc/self/cgroup), named ``sandworker-<run>``, and removed when the
+from /proc/self/cgroup), named ``sandworker-<tag>-<run>`` (`instance_tag`), and removed when the
 script is done. On a cgroup v2 host one group carries everything. On a hybrid
 v1 host (like Debian's default before systemd 256) the v1 memory, pids and cpu
 controllers carry the limits and the v2 hierarchy, when mounted, gives
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import signal
 import time
@@ -229,14 +230,21 @@ def _enable_for_children(group: Path) -> frozenset[str]:
     return frozenset(wanted & _read_words(group / "cgroup.subtree_control"))
 
 
-def sweep(hierarchy: Hierarchy) -> list[str]:
-    """Kill and remove every run group left below ours (a supervisor that crashed left them).
+def instance_tag(state_dir: Path) -> str:
+    """A short tag of one supervisor's state directory, in every run group's name, so that
+    two supervisors in one cgroup (tests, a proxy beside a worker) never sweep each other's."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
 
-    Call once at start-up, before any script runs: every `sandworker-*` group below this
-    process's own groups belongs to a run that no supervisor watches any more.
+
+def sweep(hierarchy: Hierarchy, tag: str) -> list[str]:
+    """Kill and remove every run group of ours left behind (a supervisor that crashed).
+
+    Call once at start-up, before any script runs: every `sandworker-<tag>-*` group below
+    this process's own groups belongs to a run that no supervisor watches any more.
     """
     bases = [b for b in (hierarchy.v2, *hierarchy.v1.values()) if b is not None]
-    names = sorted({p.name for base in bases for p in base.glob(PREFIX + "*") if p.is_dir()})
+    pattern = f"{PREFIX}{tag}-*"
+    names = sorted({p.name for base in bases for p in base.glob(pattern) if p.is_dir()})
     for name in names:
         group = ScriptGroup(
             {key: base / name for key, base in _named(hierarchy).items() if (base / name).is_dir()}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .accounts import Account, Accounts
-from .cgroups import ScriptGroup
+from .cgroups import ScriptGroup, instance_tag
 from .effective import EffectivePolicy
 from .host import HostSupport, probe
 from .layers import Layer
@@ -127,6 +127,7 @@ class Sandbox:
         self.settings = settings
         self.host = host or probe()
         self.accounts = Accounts(settings.state_dir, settings.uid_range)
+        self.cgroup_tag = instance_tag(settings.state_dir)  # run groups: sandworker-<tag>-<run>
         self.workspaces = Workspaces(settings.state_dir)
         self.zygote = Zygote.shared(settings.launcher_python)
 
@@ -164,7 +165,8 @@ class Sandbox:
         wanted = set(plan.applied)
         group = None
         if wanted & {Layer.CGROUP_MEMORY, Layer.CGROUP_PIDS, Layer.CGROUP_CPU, Layer.CGROUP_KILL}:
-            group = ScriptGroup.create(self.host.hierarchy, run_id, policy.limits, wanted)
+            name = f"{self.cgroup_tag}-{run_id}"
+            group = ScriptGroup.create(self.host.hierarchy, name, policy.limits, wanted)
         status_r, status_w = os.pipe()
         go_r, go_w = os.pipe()
         out_r, out_w = os.pipe()

@@ -111,7 +111,13 @@ def _free_port() -> int:
 
 
 def _worker(
-    tmp_path: Path, server: str = "", state: str = "", sandbox: str = "", external: str = ""
+    tmp_path: Path,
+    *,
+    server: str = "",
+    state: str = "",
+    sandbox: str = "",
+    external: str = "",
+    uids: tuple[int, int] = (430000, 430999),
 ) -> Iterator[Worker]:
     """A started daemon; `server`, `state`, `sandbox` and `external` are extra lines for
     those tables."""
@@ -139,8 +145,8 @@ directory = "{tmp_path}/state"
 {state}
 [sandbox]
 policy_dir = "{home}/policies"
-uid_min = 430000
-uid_max = 430999
+uid_min = {uids[0]}
+uid_max = {uids[1]}
 {sandbox}
 [external]
 workers = "{home}/workers.toml"

@@ -152,7 +152,7 @@ def test_cgroup_limits_are_written_and_the_script_is_inside(sandbox: Sandbox) ->
     # READY comes after the fork of sleep, so the tree is steady while it is read back.
     with running(sandbox, "blue", "sleep 300 & echo READY; wait", policy=policy) as bg:
         groups = own_groups()
-        name = PREFIX + bg.run_id
+        name = f"{PREFIX}{sandbox.cgroup_tag}-{bg.run_id}"
         memory = groups["memory"] / name
         assert int((memory / "memory.limit_in_bytes").read_text()) == 96 << 20
         assert (groups["pids"] / name / "pids.max").read_text().strip() == "42"
