@@ -116,6 +116,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name, path in sorted(_settings(args).interpreters.items()):
         found = "ok" if os.access(path, os.X_OK) else "MISSING"
         print(f"  syntax {name:<8} {found:<8} {path}")
+    print(_builtin_worker(Path(args.config)))
     try:
         policies = load_policies(_policy_paths(args))
     except PolicyError as exc:
@@ -132,6 +133,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 1
     print(f"policy: every required layer ({len(required)}) is available")
     return 0
+
+
+def _builtin_worker(config_path: Path) -> str:
+    """Whether `serve` with this configuration runs scripts itself, in one line."""
+    from .config import ConfigError, load_config  # noqa: PLC0415 - only when asked
+    from .workers import WorkerError, WorkerStore  # noqa: PLC0415
+
+    if not config_path.exists():
+        return f"built-in worker: on (no configuration at {config_path}: no external workers)"
+    try:
+        store = WorkerStore(Path(load_config(config_path)["external.workers"]))
+        pools = store.pools()
+    except (ConfigError, WorkerError) as exc:
+        return f"built-in worker: unknown: {exc}"
+    if not pools:
+        return f"built-in worker: on (no external workers in {store.path})"
+    listed = ", ".join(f"{name} ({len(members)})" for name, members in sorted(pools.items()))
+    return (
+        f"built-in worker: OFF: {store.path} lists external workers (pools {listed}); the"
+        " daemon runs no script itself and hands every one to them"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -166,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="report which isolation layers this host supports")
     host_options(doctor)
+    doctor.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="the daemon's configuration file"
+    )
     doctor.set_defaults(func=cmd_doctor)
 
     sandbox = sub.add_parser("sandbox", help="try the sandbox locally").add_subparsers(

@@ -74,6 +74,10 @@ class NoHealthyWorker(Exception):
     """No worker of the pool may take a script; the message lists each and why."""
 
 
+class UnknownPool(NoHealthyWorker):
+    """The start names a pool that is not configured; the message lists those that are."""
+
+
 class Pools:
     def __init__(
         self,
@@ -131,7 +135,7 @@ class Pools:
             raise NoHealthyWorker(f"the external workers file is unusable: {exc}") from None
         if not members:
             names = sorted({h.worker.pool for h in self._health.values()})
-            raise NoHealthyWorker(
+            raise UnknownPool(
                 f"no pool {pool or DEFAULT_POOL!r}; configured pools: {', '.join(names)}"
             )
         healthy = [h for h in members if h.healthy]

@@ -18,7 +18,7 @@ from twisted.internet import threads
 from .api import Problem, StartRequest
 from .audit import AuditLog, Event
 from .client import ClientError
-from .pools import NoHealthyWorker, Pools
+from .pools import NoHealthyWorker, Pools, UnknownPool
 from .remote import RemoteRun
 from .tickets import InvalidTransition, State, Ticket, TicketStoreError
 from .ticketstore import TicketStore
@@ -48,6 +48,8 @@ class Proxy:
         """Choose a worker, record the ticket with it, and start following it there."""
         try:
             worker = self.pools.choose(start.pool)
+        except UnknownPool as exc:
+            raise Problem(400, "Bad Request", str(exc)) from None
         except NoHealthyWorker as exc:
             raise Problem(
                 503, "Service Unavailable", f"{exc}; the script was not started"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,9 +34,14 @@ class WatchedToml(Generic[T]):
         self._stamp: tuple[int, int, int, int] | None = None
         self._value: T = empty
         self._error: Exception | None = None
+        self._lock = threading.Lock()  # read from the reactor and from worker threads
 
     def read(self) -> T:
         """The parsed content, re-read if the file changed; the error if it is unusable."""
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> T:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

@@ -97,6 +97,13 @@ def test_scripts_go_to_both_workers_and_the_proxy_runs_none(fleet: Fleet) -> Non
     fleet.wait_health(*[(w, True) for w in fleet.workers])
     health = fleet.proxy.call("GET", "/v1/health")[1]
     assert health["builtin_worker"] is False
+    home = fleet.proxy.home
+    doctor = subprocess.run(
+        [SANDWORKER, "doctor", "--config", str(home / "sandworker.toml"),
+         "--policy-dir", str(home / "policies")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "built-in worker: OFF" in doctor.stdout and "pools default (2)" in doctor.stdout
     for n in range(6):
         done = run(fleet.proxy, f"r-{n}", f"echo run {n}; echo err >&2")
         assert (done["state"], done["exit_code"]) == ("complete", 0), done
@@ -127,6 +134,20 @@ def test_a_killed_worker_leaves_rotation_and_comes_back(fleet: Fleet) -> None:
     assert any(held_by(w1, f"b-{n}") for n in range(4))  # back in rotation
     listed = fleet.pool("pool", "list", "--state-dir", str(fleet.proxy.state))
     assert listed.returncode == 0 and listed.stdout.count("healthy") == 2, listed.stdout
+
+
+def test_a_start_may_name_a_pool(fleet: Fleet) -> None:
+    w1, w2 = fleet.workers
+    fleet.add(w1)
+    fleet.add(w2, pool="blue")
+    fleet.wait_health((w1, True), (w2, True))
+    for n in range(3):
+        run(fleet.proxy, f"blue-{n}", "true", pool="blue")
+        assert held_by(w2, f"blue-{n}") and not held_by(w1, f"blue-{n}")
+    status, problem = fleet.proxy.call(
+        "PUT", "/v1/scripts/nowhere", {"project": "web", "body": "true", "pool": "green"}
+    )
+    assert status == 400 and "configured pools: blue, default" in problem["detail"], problem
 
 
 def test_no_healthy_worker_is_503_naming_each(fleet: Fleet) -> None:
