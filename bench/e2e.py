@@ -28,8 +28,10 @@ import psutil
 from sandworker.daemon.client import Client, Profile
 from sandworker.daemon.serve import dev_home
 
+sys.path.insert(0, str(Path(__file__).parent))
+from daemons import serve
+
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "100"))
-SANDWORKER = str(Path(sys.executable).with_name("sandworker"))
 
 
 def start_daemon(base: Path) -> subprocess.Popen[str]:
@@ -40,19 +42,8 @@ def start_daemon(base: Path) -> subprocess.Popen[str]:
         .replace("concurrency = 4", "concurrency = 64")
     )
     config = base / "dev-home" / "sandworker.toml"
-    config.write_text(config.read_text() + "max_concurrent = 64\n")
-    proc = subprocess.Popen(
-        [SANDWORKER, "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening on" in line:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc
-    raise SystemExit(f"daemon did not start: {proc.wait()}")
+    config.write_text(config.read_text().replace("[sandbox]\n", "[sandbox]\nmax_concurrent = 64\n"))
+    return serve(config)
 
 
 def run(client: Client, body: str, **extra: object) -> dict[str, object]:

@@ -55,8 +55,8 @@ class Proxy:
                 503, "Service Unavailable", f"{exc}; the script was not started"
             ) from None
         try:
-            ticket, _new = self.store.create(ticket_id, start.forwarded() | {"pool": start.pool})
-            ticket.assign(worker.address)
+            request = start.forwarded() | {"pool": start.pool}
+            ticket, _new = self.store.create(ticket_id, request, worker=worker.address)
         except TicketStoreError as exc:
             raise Problem(
                 507, "Insufficient Storage", f"{exc}; the script was not started"
@@ -143,8 +143,8 @@ class Proxy:
         ticket.note = ""  # reached again
         try:
             added = ticket.copy_lines(list(doc.get("logs", [])))
-            if doc.get("state") in ("running", "complete") and ticket.state is State.PENDING:
-                ticket.running()
+            if doc.get("state") == "running" and ticket.state is State.PENDING:
+                ticket.running()  # (a first answer that is already the end skips this)
         except (TicketStoreError, InvalidTransition) as exc:
             log.error("ticket %s: cannot copy the worker's lines: %s", ticket.id, exc)
             added = 0

@@ -129,7 +129,7 @@ def start_logging(*, verbose: bool = False) -> None:
 DEV_PORT = 10933
 
 
-def dev_home(base: Path) -> Path:
+def dev_home(base: Path, port: int = DEV_PORT) -> Path:
     """Create (once) a development home: config, policy, worker and client certificates,
     trust and a client profile. Returns the configuration file."""
     config = base / "sandworker.toml"
@@ -147,11 +147,11 @@ def dev_home(base: Path) -> Path:
     (base / "policies" / "default.toml").write_text(text)
     worker = certificate_prints(base / "worker.crt").sha256
     (base / "profile.toml").write_text(
-        f'url = "https://127.0.0.1:{DEV_PORT}"\nthumbprint = "{worker}"\n'
+        f'url = "https://127.0.0.1:{port}"\nthumbprint = "{worker}"\n'
         'certificate = "client.crt"\nkey = "client.key"\n'
     )
     config.write_text(
-        f'[server]\nlisten = "127.0.0.1:{DEV_PORT}"\n[tls]\ncertificate = "{base}/worker.crt"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n[tls]\ncertificate = "{base}/worker.crt"\n'
         f'key = "{base}/worker.key"\ntrust = "{base}/trust.toml"\n[state]\n'
         f'directory = "{base}/state"\n[sandbox]\npolicy_dir = "{base}/policies"\n'
         f'[external]\nworkers = "{base}/workers.toml"\n'

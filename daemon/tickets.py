@@ -300,10 +300,6 @@ class Ticket:
         """The daemon's own remark, shown to the client as a debug line."""
         self._append(Source.DEBUG, text_lines(text))
 
-    def assign(self, worker: str) -> None:
-        """The external worker (its address) this ticket is handed to; kept across restarts."""
-        self._commit(replace(self._record, worker=worker))
-
     def copy_lines(self, lines: list[dict[str, Any]]) -> int:
         """The worker's lines, numbered by it: those this copy already has are skipped, and
         copying stops at a gap (the caller asks again from `next_seq`). How many were added.

@@ -67,8 +67,11 @@ class TicketStore:
             os.close(self._fd)
             raise
 
-    def create(self, ticket_id: str, request: Mapping[str, Any]) -> tuple[Ticket, bool]:
+    def create(
+        self, ticket_id: str, request: Mapping[str, Any], worker: str | None = None
+    ) -> tuple[Ticket, bool]:
         """Persist a new ticket (pending) before it is acknowledged; `(ticket, is_new)`.
+        `worker`: the external worker it is handed to, if any.
 
         An id already known (case-insensitively) returns that ticket and False."""
         key = ticket_key(ticket_id)
@@ -88,7 +91,9 @@ class TicketStore:
         try:
             where.check_private(fix=True)
             where.write(REQUEST_FILE, body)
-            record = TicketRecord(id=ticket_id, state=State.PENDING, created=self._clock())
+            record = TicketRecord(
+                id=ticket_id, state=State.PENDING, created=self._clock(), worker=worker
+            )
             where.write(STATE_FILE, record.to_json())
             ticket_log = TicketLog.open(where.log_opener(), self._clock, keep_open=True)
             os.fsync(self._fd)
