@@ -68,6 +68,7 @@ test: $(STAMP) apt lint typecheck check-schema
 bench: $(STAMP) apt
 	$(VPY) bench/spawn.py
 	$(VPY) bench/e2e.py
+	$(VPY) bench/proxy.py
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache

@@ -4,18 +4,26 @@ Two real daemons on loopback, each with its own throwaway home: a worker, and a
 proxy whose one external worker it is (the worker trusts the proxy's certificate).
 `true` is started with wait_seconds on a kept-alive mTLS connection, through the
 proxy and directly to the worker, in turn, round by round; medians and their ratio.
+
+It is measured twice: with both state directories on one filesystem (the target's
+figure), and with the proxy's on a tmpfs of its own, which stands in for a proxy on
+another machine: there its durable writes (the ticket it records before it answers)
+neither wait for the worker's journal nor make the worker wait for its own.
 Target (issue 4): proxied <= 1.3x direct. Needs root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from sandworker.daemon.certs import certificate_prints
@@ -50,13 +58,27 @@ def wait_healthy(client: Client) -> None:
     raise SystemExit("bench/proxy: the proxy never saw its worker healthy")
 
 
-def main() -> int:
-    if os.geteuid() != 0:
-        print("bench/proxy: needs root", file=sys.stderr)
-        return 2
-    base = Path(tempfile.mkdtemp(prefix="sandworker-proxy-", dir="/var/tmp"))
+@contextlib.contextmanager
+def tmpfs(path: Path) -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "bench", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def measure(base: Path, proxy_state: Path | None) -> tuple[float, float]:
+    """Medians (ms) of direct and proxied round trips, interleaved."""
     worker_config = dev_home(base / "worker", free_port())
     proxy_config = dev_home(base / "proxy", free_port())
+    if proxy_state is not None:
+        text = proxy_config.read_text()
+        proxy_config.write_text(
+            text.replace(f'directory = "{base}/proxy/state"', f'directory = "{proxy_state}"')
+        )
     TrustStore(base / "worker" / "trust.toml").add(
         certificate_prints(base / "proxy" / "worker.crt")
     )
@@ -77,15 +99,27 @@ def main() -> int:
         for proc in daemons:
             proc.terminate()
             proc.wait(60)
-        shutil.rmtree(base, ignore_errors=True)
     alone = statistics.median(d for d, _ in pairs) * 1000
-    via = statistics.median(p for _, p in pairs) * 1000
-    ratio = via / alone
+    return alone, statistics.median(p for _, p in pairs) * 1000
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("bench/proxy: needs root", file=sys.stderr)
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="sandworker-proxy-", dir="/var/tmp"))
+    try:
+        shared = measure(base / "shared", None)
+        with tmpfs(base / "proxy-state") as own:
+            apart = measure(base / "apart", own / "state")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     print(f"bench/proxy: {ROUNDS} rounds, round trip of true with wait_seconds (medians)")
-    print(f"  direct to the worker   {alone:7.1f} ms")
-    print(f"  through the proxy      {via:7.1f} ms")
-    verdict = "met" if ratio <= TARGET else "MISSED"
-    print(f"  ratio                  {ratio:7.2f}x  [<= {TARGET}x: {verdict}]")
+    for label, (alone, via) in (("one filesystem", shared), ("proxy state apart", apart)):
+        print(f"  {label:<18} direct {alone:6.1f} ms, via the proxy {via:6.1f} ms:"
+              f" {via / alone:5.2f}x")  # fmt: skip
+    ratio = shared[1] / shared[0]
+    print(f"  target <= {TARGET}x on one filesystem: {'met' if ratio <= TARGET else 'MISSED'}")
     return 0 if ratio <= TARGET else 1
 
 
