@@ -137,11 +137,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _builtin_worker(config_path: Path) -> str:
     """Whether `serve` with this configuration runs scripts itself, in one line."""
-    from .config import ConfigError, load_config  # noqa: PLC0415 - only when asked
-    from .workers import WorkerError, WorkerStore  # noqa: PLC0415
-
     if not config_path.exists():
         return f"built-in worker: on (no configuration at {config_path}: no external workers)"
+    from .config import ConfigError, load_config  # noqa: PLC0415 - only when there is one
+    from .workers import WorkerError, WorkerStore  # noqa: PLC0415 - (it needs the TLS stack)
+
     try:
         store = WorkerStore(Path(load_config(config_path)["external.workers"]))
         pools = store.pools()
