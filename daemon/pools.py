@@ -94,7 +94,7 @@ class Pools:
         self._on_refused = on_refused
         self._health: dict[tuple[str, str], Health] = {}
         self._turn = 0
-        self._idle: dict[ExternalWorker, list[Client]] = {}
+        self._idle: dict[tuple[ExternalWorker, float | None], list[Client]] = {}
         self._lock = threading.Lock()  # guards _idle (used from pool threads)
 
     # --- configuration -------------------------------------------------------------------
@@ -114,7 +114,7 @@ class Pools:
         keys = {(w.pool, w.address): w for w in workers}
         for key in list(self._health):
             if key not in keys or self._health[key].worker != keys[key]:
-                del self._health[key]  # removed, or its thumbprint changed: a fresh start
+                self._drop_connections(self._health.pop(key).worker)  # removed, or re-pinned
         for key, worker in keys.items():
             self._health.setdefault(key, Health(worker))
         return [self._health[(w.pool, w.address)] for w in workers]
@@ -216,13 +216,22 @@ class Pools:
 
     # --- connections ---------------------------------------------------------------------
 
+    def _drop_connections(self, worker: ExternalWorker) -> None:
+        with self._lock:
+            dropped = [c for (w, _), idle in self._idle.items() if w == worker for c in idle]
+            self._idle = {k: v for k, v in self._idle.items() if k[0] != worker}
+        for client in dropped:
+            client.close()
+
     @contextlib.contextmanager
     def client(self, worker: ExternalWorker, timeout: float | None = None) -> Iterator[Client]:
         """A kept-alive client for `worker` (any thread), presenting this daemon's own
-        certificate; a client whose call failed is closed, not kept."""
+        certificate; `timeout` for connecting and each read (default: long enough for a
+        long-poll). A client whose call failed is closed, not kept."""
+        key = (worker, timeout)
         with self._lock:
-            idle = self._idle.setdefault(worker, [])
-            client = idle.pop() if idle and timeout is None else None
+            idle = self._idle.setdefault(key, [])
+            client = idle.pop() if idle else None
         if client is None:
             profile = Profile(worker.address, worker.thumbprint, self._cert, self._key)
             client = Client(profile) if timeout is None else Client(profile, timeout=timeout)
@@ -231,8 +240,5 @@ class Pools:
         except BaseException:
             client.close()
             raise
-        if timeout is not None:
-            client.close()
-            return
         with self._lock:
-            self._idle.setdefault(worker, []).append(client)
+            self._idle.setdefault(key, []).append(client)
