@@ -619,3 +619,46 @@ def test_batch_escaping_equals_escaping_each_line_alone() -> None:
         ]
         raw = [t.encode() for t in texts]
         assert escape(raw) == [encode_basestring(t)[1:-1].encode() for t in texts], texts
+
+
+def test_copied_lines_are_checked_numbered_and_escaped(store: TicketStore) -> None:
+    # A proxy's copy of a worker's log: the worker's numbers, nothing else trusted.
+    ticket, _ = store.create("copy", REQUEST, worker="https://w:1")
+    t = "2026-12-01T07:41:33.506Z"
+    lines = [
+        {"seq": 0, "source": "stdout", "time": t, "text": 'a "quoted"\nline'},
+        {"seq": 1, "source": "stderr", "time": "yesterday", "text": "b"},
+        {"seq": 1, "source": "stdout", "time": t, "text": "a duplicate"},
+        {"seq": 2, "source": "debug", "time": t, "text": "c"},
+        {"seq": 4, "source": "stdout", "time": t, "text": "after a gap"},
+    ]
+    assert ticket.copy_lines(lines) == 3
+    got = ticket.read_after(-1, 10)
+    assert [(x["seq"], x["source"], x["text"]) for x in got] == [
+        (0, "stdout", 'a "quoted"\nline'),
+        (1, "stderr", "b"),
+        (2, "debug", "c"),
+    ]
+    assert got[0]["time"] == t and got[1]["time"] != "yesterday"  # replaced by ours
+    assert ticket.copy_lines(lines) == 0  # all known already; the gap still stops it
+    assert ticket.copy_lines([{"seq": 3, "source": "status", "text": "forged"}]) == 0
+    assert ticket.copy_lines([{"seq": 3, "source": "stdout", "text": 7}]) == 0
+    raw = (store.tickets_dir / "copy" / "log.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["seq"] for line in raw] == [0, 1, 2]  # one object per line
+    assert ticket.record.worker == "https://w:1"
+
+
+def test_a_ticket_at_an_external_worker_is_followed_again_not_lost(
+    store: TicketStore, clock: Clock
+) -> None:
+    ticket, _ = store.create("away", REQUEST, worker="https://w:1")
+    ticket.copy_lines(
+        [{"seq": 0, "source": "stdout", "time": "2026-12-01T07:41:33.506Z", "text": "x"}]
+    )
+    store.create("here", REQUEST)
+    again, recovery = reopen(store, clock)
+    assert recovery.handed == ["away"] and recovery.lost == ["here"]
+    away = again.get("away")
+    assert away is not None and away.state is State.PENDING and away.next_seq == 1
+    assert away.copy_lines([{"seq": 1, "source": "stdout", "time": "t", "text": "y"}]) == 1
+    again.close()
