@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 from .certs import Algorithm, CertPrints, InvalidThumbprint, Thumbprint, parse_thumbprint
-from .watched import WatchedToml
+from .watched import WatchedToml, tables
 
 _GLOB = re.compile(r"[A-Za-z0-9._*?-]{1,64}")
 _HEADER = (
@@ -132,13 +133,8 @@ def _render(entries: Sequence[Trust]) -> bytes:
     return "\n".join(blocks).encode()
 
 
-def _parse_file(path: Path, data: dict[str, object]) -> tuple[Trust, ...]:
-    unknown = set(data) - {"client"}
-    if unknown:
-        raise TrustError(f"{path}: unknown field {sorted(unknown)[0]!r}")
-    clients = data.get("client", [])
-    if not isinstance(clients, list):
-        raise TrustError(f"{path}: client: expected [[client]] tables")
+def _parse_file(path: Path, data: dict[str, Any]) -> tuple[Trust, ...]:
+    clients = tables(path, data, "client", TrustError)
     return tuple(_parse_entry(raw, f"{path}: client {n}") for n, raw in enumerate(clients, 1))
 
 

@@ -90,3 +90,14 @@ class WatchedToml(Generic[T]):
             yield
         finally:
             os.close(fd)
+
+
+def tables(path: Path, data: dict[str, Any], name: str, error: type[Exception]) -> list[Any]:
+    """The `[[name]]` tables of a file that may hold nothing else (each still to check)."""
+    unknown = set(data) - {name}
+    if unknown:
+        raise error(f"{path}: unknown field {sorted(unknown)[0]!r}")
+    found = data.get(name, [])
+    if not isinstance(found, list):
+        raise error(f"{path}: {name}: expected [[{name}]] tables")
+    return found

@@ -26,7 +26,7 @@ from typing import Any
 from .api import Problem as _Problem
 from .api import validate_name
 from .certs import InvalidThumbprint, parse_thumbprint
-from .watched import WatchedToml
+from .watched import WatchedToml, tables
 
 DEFAULT_POOL = "default"
 _HEADER = (
@@ -90,12 +90,7 @@ def check_thumbprint(thumbprint: object) -> str:
 
 
 def _parse(path: Path, data: dict[str, Any]) -> tuple[ExternalWorker, ...]:
-    unknown = set(data) - {"worker"}
-    if unknown:
-        raise WorkerError(f"{path}: unknown field {sorted(unknown)[0]!r}")
-    raw = data.get("worker", [])
-    if not isinstance(raw, list):
-        raise WorkerError(f"{path}: worker: expected [[worker]] tables")
+    raw = tables(path, data, "worker", WorkerError)
     workers: list[ExternalWorker] = []
     for n, entry in enumerate(raw, 1):
         where = f"{path}: worker {n}"

@@ -87,6 +87,19 @@ def run(proxy: Worker, ticket: str, body: str, **extra: Any) -> dict[str, Any]:
     return doc
 
 
+def begun(fleet: Fleet, ticket: str, body: str) -> Worker:
+    """The first worker, in rotation, running `body` (which prints "begun") via the proxy."""
+    w1 = fleet.workers[0]
+    fleet.add(w1)
+    fleet.wait_health((w1, True))
+    start = {"project": "web", "body": body}
+    assert fleet.proxy.call("PUT", f"/v1/scripts/{ticket}", start)[0] == 201
+    deadline = time.monotonic() + 10
+    while "begun" not in lines(fleet.proxy.call("GET", f"/v1/scripts/{ticket}?wait=1")[1]):
+        assert time.monotonic() < deadline
+    return w1
+
+
 def held_by(worker: Worker, ticket: str) -> bool:
     return worker.call("GET", f"/v1/scripts/{ticket}")[0] == 200
 
@@ -165,14 +178,7 @@ def test_no_healthy_worker_is_503_naming_each(fleet: Fleet) -> None:
 
 
 def test_a_worker_lost_mid_script_is_reported_then_minus_46(fleet: Fleet) -> None:
-    w1 = fleet.workers[0]
-    fleet.add(w1)
-    fleet.wait_health((w1, True))
-    start = {"project": "web", "body": "echo begun; sleep 60"}
-    assert fleet.proxy.call("PUT", "/v1/scripts/lost", start)[0] == 201
-    deadline = time.monotonic() + 10
-    while "begun" not in lines(fleet.proxy.call("GET", "/v1/scripts/lost?wait=1")[1]):
-        assert time.monotonic() < deadline
+    w1 = begun(fleet, "lost", "echo begun; sleep 60")
     w1.stop(signal.SIGKILL)
     began = time.monotonic()
     body = fleet.proxy.call("GET", "/v1/scripts/lost?wait=1")[1]
@@ -189,14 +195,7 @@ def test_a_worker_lost_mid_script_is_reported_then_minus_46(fleet: Fleet) -> Non
 
 
 def test_a_restarted_proxy_follows_its_ticket_to_the_end(fleet: Fleet) -> None:
-    w1, _ = fleet.workers
-    fleet.add(w1)
-    fleet.wait_health((w1, True))
-    start = {"project": "web", "body": "echo begun; sleep 3; echo ended; exit 7"}
-    assert fleet.proxy.call("PUT", "/v1/scripts/long", start)[0] == 201
-    deadline = time.monotonic() + 10
-    while "begun" not in lines(fleet.proxy.call("GET", "/v1/scripts/long?wait=1")[1]):
-        assert time.monotonic() < deadline
+    w1 = begun(fleet, "long", "echo begun; sleep 3; echo ended; exit 7")
     fleet.proxy.stop(signal.SIGKILL)
     fleet.proxy.start()
     deadline = time.monotonic() + 20
