@@ -96,6 +96,8 @@ class _Channel:
             self.close()
             self._send(retry=False)
             return self.receive()
+        except http.client.HTTPException as exc:  # not HTTP at all, or cut off in the middle
+            raise self._broken(exc) from None
         except OSError as exc:
             raise self._unreachable(exc) from None
         self._request, self._reused = None, True
@@ -106,12 +108,17 @@ class _Channel:
             raw = response.read()
         except OSError as exc:
             raise self._unreachable(exc) from None
+        except http.client.HTTPException as exc:
+            raise self._broken(exc) from None
         try:
-            return response.status, orjson.loads(raw or b"{}")
+            doc = orjson.loads(raw or b"{}")
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+            return response.status, doc
         except ValueError:
             raise ClientError(
                 f"the worker at {self._name()} answered {response.status} with a body that"
-                " is not JSON; is the URL that of a sandworker?"
+                " is not a JSON object; is the URL that of a sandworker?"
             ) from None
 
     def close(self) -> None:
@@ -146,6 +153,12 @@ class _Channel:
     def _closed(self) -> ClientError:
         self.close()
         return ClientError(f"the worker at {self._name()} closed the connection")
+
+    def _broken(self, exc: http.client.HTTPException) -> ClientError:
+        self.close()
+        return ClientError(
+            f"the worker at {self._name()} sent a broken answer ({type(exc).__name__}: {exc})"
+        )
 
     def _unreachable(self, exc: OSError) -> ClientError:
         self.close()

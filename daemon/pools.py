@@ -28,6 +28,7 @@ from .client import Client, Profile
 from .ticketlog import rfc3339
 from .workers import DEFAULT_POOL, ExternalWorker, WorkerError, WorkerStore
 
+MAX_IDLE = 8  # kept-alive connections per worker and timeout
 HEALTH_FILE = "workers.json"  # <state>/workers.json: the last checks, for `pool list`
 log = logging.getLogger(__name__)
 
@@ -179,11 +180,15 @@ class Pools:
             return client.checked("GET", "/v1/health")
 
     def _passed(self, health: Health, doc: dict[str, Any], latency: float) -> None:
+        running = doc.get("running") if isinstance(doc, dict) else None
+        if type(running) is not int or running < 0:
+            self._failed(health, f"its health answer is not a sandworker's: {str(doc)[:200]}")
+            return
         if doc.get("builtin_worker") is False:  # another proxy: no loops, no second hops
             self._failed(health, "it proxies to external workers itself; list a worker")
             return
         health.checked, health.latency, health.error = time.time(), latency, ""
-        health.running, health.sent = int(doc.get("running", 0)), 0
+        health.running, health.sent = running, 0
         health.passes, health.failures = health.passes + 1, 0
         if not health.healthy and (
             health.healthy is None or health.passes >= self.settings.healthy_after
@@ -193,10 +198,10 @@ class Pools:
             health.healthy = True
 
     def _failed(self, health: Health, error: str) -> None:
+        if "thumbprint mismatch" in error and error != health.error:  # audited once a change
+            self._on_refused(health.worker, error)
         health.checked, health.latency, health.error = time.time(), None, error
         health.passes, health.failures = 0, health.failures + 1
-        if "thumbprint mismatch" in error:
-            self._on_refused(health.worker, error)
         if health.healthy is None or (
             health.healthy and health.failures >= self.settings.unhealthy_after
         ):
@@ -241,4 +246,15 @@ class Pools:
             client.close()
             raise
         with self._lock:
-            self._idle.setdefault(key, []).append(client)
+            kept = self._idle.get(key)
+            if kept is None or len(kept) >= MAX_IDLE or worker != self._configured(worker):
+                keep = False  # removed or re-pinned meanwhile, or enough kept already
+            else:
+                kept.append(client)
+                keep = True
+        if not keep:
+            client.close()
+
+    def _configured(self, worker: ExternalWorker) -> ExternalWorker | None:
+        health = self._health.get((worker.pool, worker.address))
+        return health.worker if health is not None else worker  # unknown yet: as it is

@@ -19,10 +19,12 @@ from .api import Problem, StartRequest
 from .audit import AuditLog, Event
 from .client import ClientError
 from .pools import NoHealthyWorker, Pools, UnknownPool
-from .remote import RemoteRun
-from .tickets import InvalidTransition, State, Ticket, TicketStoreError
+from .remote import Hooks, RemoteRun
+from .tickets import FATAL, RESULT_LOST, InvalidTransition, State, Ticket, TicketStoreError
 from .ticketstore import TicketStore
+from .workers import ExternalWorker
 
+FORWARD_TIMEOUT = 15.0  # seconds for a cancel or complete passed on to a worker
 log = logging.getLogger(__name__)
 
 
@@ -65,24 +67,43 @@ class Proxy:
             Event.SCRIPT_START, ticket=ticket.id, project=start.project, client=client,
             worker=worker.address,
         )  # fmt: skip
-        self._follow(ticket, worker.address, start.forwarded(), started=False)
+        self._follow(ticket, worker, start.forwarded())
         return ticket
 
     def resume(self, ticket_ids: list[str]) -> None:
         """After a restart: follow the tickets that were still running at their workers."""
         for ticket_id in ticket_ids:
             ticket = self.store.get(ticket_id)
-            if ticket is not None and ticket.record.worker is not None:
-                log.info("ticket %s: following it again at %s", ticket.id, ticket.record.worker)
-                self._follow(ticket, ticket.record.worker, dict(ticket.request), started=True)
+            if ticket is None or ticket.record.worker is None:
+                continue
+            worker = self.pools.worker_at(ticket.record.worker)
+            if worker is None:
+                message = f"worker {ticket.record.worker} is no longer configured; outcome unknown"
+                self._end(ticket, RESULT_LOST, "lost", message)
+                continue
+            log.info("ticket %s: following it again at %s", ticket.id, worker.address)
+            start = {k: v for k, v in ticket.request.items() if k != "pool"} | {"wait_seconds": 0}
+            self._follow(ticket, worker, start)
 
     def stop(self) -> None:
         for run in self._runs.values():
             run.stop()
 
     async def cancel(self, ticket: Ticket) -> None:
-        if not ticket.complete and ticket.record.worker is not None:
+        """Cancel at the worker; one not reached yet gets it when it is (or never the start)."""
+        run = self._runs.get(ticket.id)
+        if ticket.complete or run is None:
+            return
+        if not ticket.record.accepted:
+            run.cancel()
+            return
+        try:
             await self._forward(ticket, "POST", f"/v1/scripts/{ticket.id}/cancel")
+        except Problem as problem:
+            if problem.status != 503:
+                raise
+            log.warning("ticket %s: %s; the cancel goes when it is back", ticket.id, problem.detail)
+            run.cancel()
 
     async def complete(self, ticket: Ticket) -> None:
         """Complete at the worker first (it removes the working directory there)."""
@@ -91,7 +112,9 @@ class Proxy:
         try:
             await self._forward(ticket, "DELETE", f"/v1/scripts/{ticket.id}")
         except Problem as problem:
-            if problem.status != 503:
+            if problem.status == 409:  # ended here (lost, refused) but still running there
+                await self._forward_quietly(ticket, "POST", f"/v1/scripts/{ticket.id}/cancel")
+            elif problem.status != 503:
                 raise
             log.warning("ticket %s: completed here only: %s", ticket.id, problem.detail)
 
@@ -102,7 +125,7 @@ class Proxy:
             raise Problem(503, "Service Unavailable", f"worker {address} is no longer configured")
 
         def call() -> tuple[int, dict[str, Any]]:
-            with self.pools.client(worker) as client:
+            with self.pools.client(worker, timeout=FORWARD_TIMEOUT) as client:
                 return client.call(method, path)
 
         try:
@@ -110,15 +133,21 @@ class Proxy:
         except ClientError as exc:
             raise Problem(503, "Service Unavailable", f"{exc}; retry when it is back") from None
         if status >= 400 and status != 404:
-            raise Problem(
-                status, str(doc.get("title", "")), f"worker {address}: {doc.get('detail', doc)}"
-            )
+            detail = f"worker {address}: {doc.get('detail', doc)}"
+            raise Problem(status, str(doc.get("title", "")), detail)
 
-    def _follow(
-        self, ticket: Ticket, address: str, start: dict[str, Any], *, started: bool
-    ) -> None:
-        def page(doc: dict[str, Any]) -> tuple[int, bool]:
-            return self._copy(ticket, doc)
+    async def _forward_quietly(self, ticket: Ticket, method: str, path: str) -> None:
+        try:
+            await self._forward(ticket, method, path)
+        except Problem as problem:
+            log.warning("ticket %s: %s %s: %s", ticket.id, method, path, problem.detail)
+
+    def _follow(self, ticket: Ticket, worker: ExternalWorker, start: dict[str, Any]) -> None:
+        def accepted() -> None:
+            try:
+                ticket.mark_accepted()
+            except TicketStoreError as exc:  # a restart may send the start again: it is
+                log.error("ticket %s: %s", ticket.id, exc)  # idempotent at the worker
 
         def unreachable(message: str) -> None:
             # Never a line of its own: the log's numbers are the worker's, copied as they are.
@@ -131,10 +160,11 @@ class Proxy:
             if not ticket.complete:
                 self._end(ticket, exit_code, reason, message)
 
+        hooks = Hooks(accepted, lambda doc: self._copy(ticket, doc), unreachable, end)
+        accepted_before = ticket.record.accepted
         self._runs[ticket.id] = RemoteRun(
-            ticket.id, address, start, self.pools, lost_after=self.pools.settings.lost_after,
-            started=started, on_page=page, on_unreachable=unreachable, on_end=end,
-        )  # fmt: skip
+            ticket.id, worker, start, self.pools, hooks, accepted=accepted_before
+        )
 
     def _copy(self, ticket: Ticket, doc: dict[str, Any]) -> tuple[int, bool]:
         """One status page of the worker's: copy its lines; end the ticket when it ends."""
@@ -145,16 +175,29 @@ class Proxy:
             added = ticket.copy_lines(list(doc.get("logs", [])))
             if doc.get("state") == "running" and ticket.state is State.PENDING:
                 ticket.running()  # (a first answer that is already the end skips this)
-        except (TicketStoreError, InvalidTransition) as exc:
-            log.error("ticket %s: cannot copy the worker's lines: %s", ticket.id, exc)
-            added = 0
+        except (TicketStoreError, InvalidTransition) as exc:  # as a direct worker: -41
+            self._runs.pop(ticket.id, None)
+            self._end(ticket, FATAL, "output lost", f"output could not be recorded: {exc}")
+            threads.deferToThread(self._cancel_there, ticket)
+            return ticket.next_seq, True
         if added:
             self._wake(ticket.id)
-        whole = ticket.next_seq >= int(doc.get("next_seq", 0))
+        next_seq = doc.get("next_seq")
+        whole = type(next_seq) is int and ticket.next_seq >= next_seq
         if doc.get("state") == "complete" and whole:
             self._runs.pop(ticket.id, None)
             code = doc.get("exit_code")
-            exit_code = code if isinstance(code, int) else -41
+            exit_code = code if type(code) is int else FATAL
             self._end(ticket, exit_code, "remote", str(doc.get("message", "")))
             return ticket.next_seq, True
         return ticket.next_seq, False
+
+    def _cancel_there(self, ticket: Ticket) -> None:
+        worker = self.pools.worker_at(ticket.record.worker or "")
+        if worker is None:
+            return
+        try:
+            with self.pools.client(worker, timeout=FORWARD_TIMEOUT) as client:
+                client.call("POST", f"/v1/scripts/{ticket.id}/cancel")
+        except ClientError as exc:
+            log.warning("ticket %s: cancel at %s failed: %s", ticket.id, worker.address, exc)

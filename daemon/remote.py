@@ -1,18 +1,21 @@
 """A ticket handed to an external worker: started there and followed until it completes.
 
-One thread per ticket runs the blocking client: it sends the start (idempotent, so
-it is simply sent again when the worker never got it), then long-polls the status
-from the end of the local copy and hands every page to the reactor thread, which
-copies the lines into the local ticket. Status calls and long-polls are answered
-from that copy, so they keep answering while the worker is unreachable; after
-`lost_after` without reaching it the ticket completes with -46.
+One thread per ticket runs the blocking client: it sends the start (again after a
+restart only if the worker never acknowledged it, so a script never runs twice),
+then long-polls the status from the end of the local copy and hands every page to
+the reactor thread, which copies the lines into the local ticket. Status calls and
+long-polls are answered from that copy, so they keep answering while the worker is
+unreachable; after `lost_after` without reaching it the ticket completes with -46.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -21,31 +24,38 @@ from twisted.internet.threads import blockingCallFromThread
 from .client import POLL_SECONDS, ClientError
 from .pools import Pools
 from .ticketlog import rfc3339
-from .tickets import FATAL, RESULT_LOST
+from .tickets import CANCELLED, FATAL, RESULT_LOST
+from .workers import ExternalWorker
 
 RETRY_SECONDS = 1.0  # between attempts to reach an unreachable worker (doubling, up to 10 s)
+STUCK_PAGES = 3  # pages in a row that add nothing: the copy cannot go on
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hooks:
+    """What the thread hands to the reactor thread (each runs there)."""
+
+    accepted: Callable[[], None]  # the worker acknowledged the start: never send it again
+    page: Callable[[dict[str, Any]], tuple[int, bool]]  # copy a page: (next_seq, complete)
+    unreachable: Callable[[str], None]
+    end: Callable[[int, str, str], None]  # (exit_code, reason, message)
 
 
 class RemoteRun:
     def __init__(
         self,
         ticket_id: str,
-        address: str,
+        worker: ExternalWorker,
         start: dict[str, Any],
         pools: Pools,
+        hooks: Hooks,
         *,
-        lost_after: float,
-        started: bool,
-        on_page: Callable[[dict[str, Any]], tuple[int, bool]],
-        on_unreachable: Callable[[str], None],
-        on_end: Callable[[int, str, str], None],
+        accepted: bool,
     ) -> None:
-        """`on_page(status) -> (next_seq, complete)`, `on_unreachable(message)` and
-        `on_end(exit_code, reason, message)` run on the reactor thread."""
-        self.ticket_id, self.address, self._start = ticket_id, address, start
-        self._pools, self._lost_after, self._started = pools, lost_after, started
-        self._on_page, self._on_unreachable, self._on_end = on_page, on_unreachable, on_end
-        self._stop = threading.Event()
+        self.ticket_id, self.address, self._start = ticket_id, worker.address, start
+        self._worker, self._pools, self._hooks, self._accepted = worker, pools, hooks, accepted
+        self._stop, self._cancel = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"remote-{ticket_id}", daemon=True)
         self._thread.start()
 
@@ -53,51 +63,109 @@ class RemoteRun:
         """The daemon stops: let go (the worker keeps running it; a restart follows on)."""
         self._stop.set()
 
+    def cancel(self) -> None:
+        """Cancel at the worker as soon as the start is acknowledged (or never send it)."""
+        self._cancel.set()
+
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._stop.is_set():  # the reactor may be gone: nothing more is handed over
+            raise _Stopped
         return blockingCallFromThread(_reactor, fn, *args)
 
     def _run(self) -> None:
-        after, lost_since, wait = -1, None, RETRY_SECONDS
+        try:
+            self._follow()
+        except _Stopped:
+            pass
+        except Exception as exc:  # never leave the ticket running for ever
+            log.exception("ticket %s: following it at %s failed", self.ticket_id, self.address)
+            with contextlib.suppress(_Stopped):
+                self._call(self._hooks.end, FATAL, "lost", f"following it failed: {exc!r}")
+
+    def _follow(self) -> None:
+        after, lost_since, wait, stuck = -1, None, RETRY_SECONDS, 0
         while not self._stop.is_set():
-            worker = self._pools.worker_at(self.address)
+            if self._cancel.is_set() and not self._accepted:
+                self._call(self._hooks.end, CANCELLED, "cancelled", "cancelled before it started")
+                return
             try:
-                if worker is None:
-                    raise ClientError(f"worker {self.address} is no longer configured")
-                with self._pools.client(worker) as client:
-                    if self._started:
-                        path = f"/v1/scripts/{self.ticket_id}?after={after}&wait={POLL_SECONDS}"
-                        status, doc = client.call("GET", path)
-                    else:
-                        status, doc = client.call(
-                            "PUT", f"/v1/scripts/{self.ticket_id}", self._start
-                        )
+                status, doc = self._exchange(after)
             except ClientError as exc:
                 now = time.monotonic()
                 if lost_since is None:
                     lost_since = (now, time.time())
+                    since = rfc3339(lost_since[1])
                     self._call(
-                        self._on_unreachable,
-                        f"worker {self.address} unreachable since"
-                        f" {rfc3339(lost_since[1])}: {exc}; status answers what arrived",
+                        self._hooks.unreachable,
+                        f"worker {self.address} unreachable since {since}: {exc};"
+                        " status answers what arrived",
                     )
-                if now - lost_since[0] >= self._lost_after:
+                if now - lost_since[0] >= self._pools.settings.lost_after:
                     message = f"worker {self.address} unreachable since {rfc3339(lost_since[1])}"
-                    self._call(self._on_end, RESULT_LOST, "lost", f"{message}: {exc}")
+                    self._call(self._hooks.end, RESULT_LOST, "lost", f"{message}: {exc}")
                     return
                 self._stop.wait(wait)
                 wait = min(wait * 2, 10.0)
                 continue
             lost_since, wait = None, RETRY_SECONDS
-            if status == 404 and self._started:  # it never got the start: send it again
-                self._started = False
+            if status == 404 and self._accepted:
+                message = f"worker {self.address} no longer knows the ticket (purged, or replaced)"
+                self._call(self._hooks.end, RESULT_LOST, "lost", message)
+                return
+            if status == 404:  # it never got the start: send it now
                 continue
             if status >= 400:
                 detail = f"{status} {doc.get('title', '')}: {doc.get('detail', doc)}"
-                self._call(self._on_end, FATAL, "refused", f"worker {self.address}: {detail}")
+                if status == 403:
+                    detail = f"it does not trust this proxy for the project: {detail}"
+                self._call(self._hooks.end, FATAL, "refused", f"worker {self.address}: {detail}")
                 return
-            self._started = True
-            self._start = {**self._start, "wait_seconds": 0}
-            next_seq, complete = self._call(self._on_page, doc)
+            if not self._accepted:
+                self._accepted = True
+                self._call(self._hooks.accepted)
+            next_seq, complete = self._call(self._hooks.page, doc)
             if complete:
                 return
+            stuck = stuck + 1 if next_seq - 1 == after else 0
+            if stuck >= STUCK_PAGES:  # the worker's pages do not fit on, or cannot be kept
+                self._best_effort_cancel()
+                message = f"the lines of worker {self.address} could not be copied after {after}"
+                self._call(self._hooks.end, FATAL, "output lost", message)
+                return
             after = next_seq - 1
+
+    def _exchange(self, after: int) -> tuple[int, dict[str, Any]]:
+        """One call to the worker: the start, a cancel then a status page, or a page."""
+        with self._pools.client(self._current()) as client:
+            if not self._accepted:
+                start = {
+                    **self._start,
+                    "wait_seconds": min(self._start.get("wait_seconds", 0), POLL_SECONDS),
+                }
+                status, doc = client.call("PUT", f"/v1/scripts/{self.ticket_id}", start)
+                self._start = {**self._start, "wait_seconds": 0}
+                return status, doc
+            if self._cancel.is_set():
+                client.call("POST", f"/v1/scripts/{self.ticket_id}/cancel")
+                self._cancel.clear()
+            path = f"/v1/scripts/{self.ticket_id}?after={after}&wait={POLL_SECONDS}"
+            status, doc = client.call("GET", path)
+        if status >= 500:  # the worker is in trouble, not the script: as if unreachable
+            raise ClientError(f"{status} {doc.get('title', '')}: {doc.get('detail', '')}")
+        return status, doc
+
+    def _current(self) -> ExternalWorker:
+        """The worker as configured now (a new thumbprint applies), else as last known."""
+        self._worker = self._pools.worker_at(self.address) or self._worker
+        return self._worker
+
+    def _best_effort_cancel(self) -> None:
+        try:
+            with self._pools.client(self._current(), timeout=10) as client:
+                client.call("POST", f"/v1/scripts/{self.ticket_id}/cancel")
+        except ClientError as exc:
+            log.warning("ticket %s: cancel at %s failed: %s", self.ticket_id, self.address, exc)
+
+
+class _Stopped(Exception):
+    pass

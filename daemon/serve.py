@@ -60,8 +60,7 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     scheduler = Scheduler(config["sandbox.max_concurrent"])
     pools = _pools(config, audit)
     service = ScriptService(sandbox, lambda: policies, store, scheduler, audit, pools=pools)
-    assert service.proxy is not None
-    service.proxy.resume(recovery.handed)
+    service.handed = recovery.handed  # followed again once the daemon listens
     trust = TrustStore(Path(config["tls.trust"]))
 
     def refused(prints: CertPrints, reason: str, peer: str) -> None:
@@ -202,6 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
     task.LoopingCall(_sync, store, audit).start(0.2, now=False)
     assert service.proxy is not None
+    service.proxy.resume(service.handed)
     pools = service.proxy.pools
     reactor.suggestThreadPoolSize(64)  # health checks and calls to external workers block
     task.LoopingCall(pools.check_all).start(pools.settings.interval, now=True)

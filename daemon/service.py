@@ -80,6 +80,7 @@ class ScriptService:
         self.proxy = (
             None if pools is None else Proxy(pools, store, audit, wake=self._wake, end=self._end)
         )
+        self.handed: list[str] = []  # recovered tickets still at external workers
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         return {
@@ -336,7 +337,8 @@ class ScriptService:
         """Remove tickets older than `retention` (ticketstore.purge), with their working files
         (already gone if a client completed the ticket)."""
         for ticket in self.store.purge(retention):
-            self._cleanup(ticket)
+            if ticket.record.worker is None:  # (a worker's own purge removes its directory)
+                self._cleanup(ticket)
             self.audit.record(Event.TICKET_PURGED, ticket=ticket.id, project=ticket.project)
 
     def _cleanup(self, ticket: Ticket) -> None:

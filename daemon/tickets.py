@@ -35,6 +35,7 @@ from sandworker.sandbox.outcome import Outcome, Reason
 
 from .ticketlog import (
     LOG_FILE,
+    MAX_LINE_BYTES,
     LineFramer,
     LogLine,
     Source,
@@ -55,7 +56,7 @@ UNKNOWN_TICKET = -45
 RESULT_LOST = -46
 
 DEFAULT_PURGE_AGE = 24 * 3600.0
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", re.ASCII)
 LOST_MESSAGE = "result lost: the supervisor stopped while the script ran"
 REQUEST_FILE, STATE_FILE = "request.json", "state.json"
 _TICKET_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -152,7 +153,8 @@ class TicketRecord:
     reason: str | None = None
     message: str = ""
     log_lines: int = 0
-    worker: str | None = None  # reserved for the external-worker proxy
+    worker: str | None = None  # the external worker it was handed to (a proxy's ticket)
+    accepted: bool = False  # that worker acknowledged the start: it is never sent again
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -164,7 +166,8 @@ class TicketRecord:
     def from_json(cls, raw: bytes) -> TicketRecord:
         """Parse state.json; ValueError says what is wrong."""
         doc = json.loads(raw)
-        if not isinstance(doc, dict) or set(doc) != set(cls.__dataclass_fields__):
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(doc, dict) or not set(doc) <= fields or fields - set(doc) - _NEWER:
             raise ValueError("not a ticket state record (missing or unknown fields)")
         for name in _TIMES:
             if doc[name] is not None:
@@ -177,6 +180,7 @@ class TicketRecord:
 
 
 _TIMES = ("created", "started", "completed", "client_completed")
+_NEWER = {"accepted"}  # fields a record written by an earlier version may lack
 
 
 @dataclass
@@ -300,6 +304,9 @@ class Ticket:
         """The daemon's own remark, shown to the client as a debug line."""
         self._append(Source.DEBUG, text_lines(text))
 
+    def mark_accepted(self) -> None:
+        self._commit(replace(self._record, accepted=True))
+
     def copy_lines(self, lines: list[dict[str, Any]]) -> int:
         """The worker's lines, numbered by it: those this copy already has are skipped, and
         copying stops at a gap (the caller asks again from `next_seq`). How many were added.
@@ -308,10 +315,14 @@ class Ticket:
         wanted = self.next_seq
         copies: list[tuple[Source, str, bytes]] = []
         for line in lines:
+            if not isinstance(line, dict):
+                break
             seq, text = line.get("seq"), line.get("text")
-            if not isinstance(seq, int) or seq < wanted + len(copies):
+            if type(seq) is not int or seq < wanted + len(copies):
                 continue
             if seq > wanted + len(copies) or not isinstance(text, str):
+                break
+            if len(text.encode("utf-8", "replace")) > MAX_LINE_BYTES:  # no worker sends that
                 break
             try:
                 source = Source(str(line.get("source")))

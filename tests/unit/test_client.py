@@ -130,5 +130,8 @@ def test_follow_refuses_headers_that_contradict_the_body(
 def test_a_body_that_is_not_json_is_a_clear_error(stand_in: tuple[Client, type[_Worker]]) -> None:
     client, worker = stand_in
     worker.pages = {"/v1/health": (502, b"<html>bad gateway</html>", {})}
-    with pytest.raises(ClientError, match="answered 502 with a body that is not JSON"):
+    with pytest.raises(ClientError, match="answered 502 with a body that is not a JSON object"):
+        client.call("GET", "/v1/health")
+    worker.pages = {"/v1/health": (200, b"[1, 2]", {})}
+    with pytest.raises(ClientError, match="answered 200 with a body that is not a JSON object"):
         client.call("GET", "/v1/health")

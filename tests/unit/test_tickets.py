@@ -346,6 +346,7 @@ def test_state_json_records_every_field(store: TicketStore, clock: Clock) -> Non
         "message": "exit code 7",
         "log_lines": 2,
         "worker": None,
+        "accepted": False,
     }
 
 
@@ -661,4 +662,21 @@ def test_a_ticket_at_an_external_worker_is_followed_again_not_lost(
     away = again.get("away")
     assert away is not None and away.state is State.PENDING and away.next_seq == 1
     assert away.copy_lines([{"seq": 1, "source": "stdout", "time": "t", "text": "y"}]) == 1
+    again.close()
+
+
+def test_a_workers_acknowledgement_is_kept_and_old_records_still_load(
+    store: TicketStore, clock: Clock
+) -> None:
+    ticket, _ = store.create("acked", REQUEST, worker="https://w:1")
+    ticket.mark_accepted()
+    path = store.tickets_dir / "acked" / "state.json"
+    older = json.loads(path.read_text())
+    del older["accepted"]  # as a record written before the field existed
+    store.create("old", REQUEST)
+    (store.tickets_dir / "old" / "state.json").write_text(json.dumps(older | {"id": "old"}))
+    again, recovery = reopen(store, clock)
+    acked, old = again.get("acked"), again.get("old")
+    assert acked is not None and acked.record.accepted is True
+    assert old is not None and old.record.accepted is False and recovery.handed == ["acked", "old"]
     again.close()

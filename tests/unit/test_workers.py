@@ -131,3 +131,19 @@ def test_health_thresholds_and_proxies_are_not_workers(store: WorkerStore, tmp_p
     store.add("default", "https://a:1", OTHER)  # a new certificate: checked afresh
     assert pools.current()[0].healthy is None
     assert ExternalWorker("default", "https://a:1", OTHER).name == "default/https://a:1"
+
+
+def test_a_health_answer_that_is_not_a_sandworkers_fails_the_check(
+    store: WorkerStore, tmp_path: Path
+) -> None:
+    store.add("default", "https://a:1", PIN)
+    refused: list[str] = []
+    pools = _pools(store, tmp_path)
+    pools._on_refused = lambda worker, error: refused.append(error)
+    (health,) = pools.current()
+    for doc in ({"running": "many"}, {"running": -3}, {}):
+        pools._passed(health, doc, 0.01)
+        assert health.healthy is False and "not a sandworker's" in health.error
+    for _ in range(3):  # the same refusal is audited once, not at every check
+        pools._failed(health, "thumbprint mismatch: expected X, got Y")
+    assert refused == ["thumbprint mismatch: expected X, got Y"]
