@@ -120,12 +120,12 @@ class RemoteRun:
                     detail = f"it does not trust this proxy for the project: {detail}"
                 self._call(self._hooks.end, FATAL, "refused", f"worker {self.address}: {detail}")
                 return
-            if not self._accepted:
-                self._accepted = True
-                self._call(self._hooks.accepted)
             next_seq, complete = self._call(self._hooks.page, doc)
             if complete:
                 return
+            if not self._accepted:  # (a start that ended at once needs no record of it)
+                self._accepted = True
+                self._call(self._hooks.accepted)
             stuck = stuck + 1 if next_seq - 1 == after else 0
             if stuck >= STUCK_PAGES:  # the worker's pages do not fit on, or cannot be kept
                 self._best_effort_cancel()
