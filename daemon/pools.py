@@ -24,11 +24,12 @@ from twisted.internet import defer, threads
 
 from sandworker.sandbox.atomic import write_atomic
 
-from .client import Client, Profile
+from .client import Client, ClientError, Profile
 from .ticketlog import rfc3339
 from .workers import DEFAULT_POOL, ExternalWorker, WorkerError, WorkerStore
 
 MAX_IDLE = 8  # kept-alive connections per worker and timeout
+CANCEL_TIMEOUT = 15.0  # seconds for a cancel or complete passed on to a worker
 HEALTH_FILE = "workers.json"  # <state>/workers.json: the last checks, for `pool list`
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,14 @@ class Pools:
         return [h.report() for h in self._health.values()]
 
     # --- connections ---------------------------------------------------------------------
+
+    def cancel_at(self, worker: ExternalWorker, ticket_id: str) -> None:
+        """Cancel a ticket at its worker, best effort (any thread): a failure is logged."""
+        try:
+            with self.client(worker, timeout=CANCEL_TIMEOUT) as client:
+                client.call("POST", f"/v1/scripts/{ticket_id}/cancel")
+        except ClientError as exc:
+            log.warning("ticket %s: cancel at %s failed: %s", ticket_id, worker.address, exc)
 
     def _drop_connections(self, worker: ExternalWorker) -> None:
         with self._lock:

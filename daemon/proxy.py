@@ -18,13 +18,12 @@ from twisted.internet import threads
 from .api import Problem, StartRequest
 from .audit import AuditLog, Event
 from .client import ClientError
-from .pools import NoHealthyWorker, Pools, UnknownPool
+from .pools import CANCEL_TIMEOUT, NoHealthyWorker, Pools, UnknownPool
 from .remote import Hooks, RemoteRun
 from .tickets import FATAL, RESULT_LOST, InvalidTransition, State, Ticket, TicketStoreError
 from .ticketstore import TicketStore
 from .workers import ExternalWorker
 
-FORWARD_TIMEOUT = 15.0  # seconds for a cancel or complete passed on to a worker
 log = logging.getLogger(__name__)
 
 
@@ -125,7 +124,7 @@ class Proxy:
             raise Problem(503, "Service Unavailable", f"worker {address} is no longer configured")
 
         def call() -> tuple[int, dict[str, Any]]:
-            with self.pools.client(worker, timeout=FORWARD_TIMEOUT) as client:
+            with self.pools.client(worker, timeout=CANCEL_TIMEOUT) as client:
                 return client.call(method, path)
 
         try:
@@ -178,7 +177,9 @@ class Proxy:
         except (TicketStoreError, InvalidTransition) as exc:  # as a direct worker: -41
             self._runs.pop(ticket.id, None)
             self._end(ticket, FATAL, "output lost", f"output could not be recorded: {exc}")
-            threads.deferToThread(self._cancel_there, ticket)
+            worker = self.pools.worker_at(ticket.record.worker or "")
+            if worker is not None:
+                threads.deferToThread(self.pools.cancel_at, worker, ticket.id)
             return ticket.next_seq, True
         if added:
             self._wake(ticket.id)
@@ -191,13 +192,3 @@ class Proxy:
             self._end(ticket, exit_code, "remote", str(doc.get("message", "")))
             return ticket.next_seq, True
         return ticket.next_seq, False
-
-    def _cancel_there(self, ticket: Ticket) -> None:
-        worker = self.pools.worker_at(ticket.record.worker or "")
-        if worker is None:
-            return
-        try:
-            with self.pools.client(worker, timeout=FORWARD_TIMEOUT) as client:
-                client.call("POST", f"/v1/scripts/{ticket.id}/cancel")
-        except ClientError as exc:
-            log.warning("ticket %s: cancel at %s failed: %s", ticket.id, worker.address, exc)

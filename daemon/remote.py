@@ -128,7 +128,7 @@ class RemoteRun:
                 self._call(self._hooks.accepted)
             stuck = stuck + 1 if next_seq - 1 == after else 0
             if stuck >= STUCK_PAGES:  # the worker's pages do not fit on, or cannot be kept
-                self._best_effort_cancel()
+                self._pools.cancel_at(self._current(), self.ticket_id)
                 message = f"the lines of worker {self.address} could not be copied after {after}"
                 self._call(self._hooks.end, FATAL, "output lost", message)
                 return
@@ -158,13 +158,6 @@ class RemoteRun:
         """The worker as configured now (a new thumbprint applies), else as last known."""
         self._worker = self._pools.worker_at(self.address) or self._worker
         return self._worker
-
-    def _best_effort_cancel(self) -> None:
-        try:
-            with self._pools.client(self._current(), timeout=10) as client:
-                client.call("POST", f"/v1/scripts/{self.ticket_id}/cancel")
-        except ClientError as exc:
-            log.warning("ticket %s: cancel at %s failed: %s", self.ticket_id, self.address, exc)
 
 
 class _Stopped(Exception):

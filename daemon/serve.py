@@ -59,8 +59,9 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
         audit.record(Event.TICKET_RECOVERED, ticket=ticket_id, exit_code=RESULT_LOST)
     scheduler = Scheduler(config["sandbox.max_concurrent"])
     pools = _pools(config, audit)
-    service = ScriptService(sandbox, lambda: policies, store, scheduler, audit, pools=pools)
-    service.handed = recovery.handed  # followed again once the daemon listens
+    service = ScriptService(
+        sandbox, lambda: policies, store, scheduler, audit, pools=pools, handed=recovery.handed
+    )
     trust = TrustStore(Path(config["tls.trust"]))
 
     def refused(prints: CertPrints, reason: str, peer: str) -> None:
@@ -200,8 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
     task.LoopingCall(_sync, store, audit).start(0.2, now=False)
-    assert service.proxy is not None
-    service.proxy.resume(service.handed)
+    service.listening()
     pools = service.proxy.pools
     reactor.suggestThreadPoolSize(64)  # health checks and calls to external workers block
     task.LoopingCall(pools.check_all).start(pools.settings.interval, now=True)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -62,7 +62,8 @@ class ScriptService:
         scheduler: Scheduler,
         audit: AuditLog,
         *,
-        pools: Pools | None = None,
+        pools: Pools,
+        handed: Sequence[str] = (),
     ) -> None:
         self.sandbox, self.policies, self.store, self.scheduler, self.audit = (
             sandbox,
@@ -77,10 +78,13 @@ class ScriptService:
         self._timer: Any = None
         self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
         self._output_lost: dict[str, str] = {}  # ticket -> why its output stopped being kept
-        self.proxy = (
-            None if pools is None else Proxy(pools, store, audit, wake=self._wake, end=self._end)
-        )
-        self.handed: list[str] = []  # recovered tickets still at external workers
+        self.proxy = Proxy(pools, store, audit, wake=self._wake, end=self._end)
+        self._handed = list(handed)  # recovered tickets still at external workers
+
+    def listening(self) -> None:
+        """The listener is bound: follow again the tickets recovered at external workers."""
+        self.proxy.resume(self._handed)
+        self._handed = []
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         return {
@@ -107,7 +111,7 @@ class ScriptService:
                     409, "Conflict", f"ticket {ticket_id} already exists for another project"
                 )
             return 200, self._status_body(existing, after=-1)
-        if self.proxy is not None and self.proxy.active:  # the workers' policies decide
+        if self.proxy.active:  # the workers' policies decide
             ticket = self.proxy.hand_off(ticket_id, start, who.thumbprint)
         else:
             ticket = self._accept(ticket_id, start, who)
@@ -182,7 +186,7 @@ class ScriptService:
             self.audit.record(
                 Event.SCRIPT_CANCEL, ticket=ticket.id, project=ticket.project, client=who.thumbprint
             )
-        if ticket.record.worker is not None and self.proxy is not None:
+        if ticket.record.worker is not None:
             await self.proxy.cancel(ticket)
         elif ticket.id in self._queued:
             self._queued.pop(ticket.id)
@@ -201,7 +205,7 @@ class ScriptService:
             raise Problem(
                 409, "Conflict", f"ticket {ticket.id} is still {ticket.state}; cancel it first"
             )
-        if ticket.record.worker is not None and self.proxy is not None:
+        if ticket.record.worker is not None:
             await self.proxy.complete(ticket)
         else:
             self._cleanup(ticket)
@@ -218,8 +222,8 @@ class ScriptService:
         return 200, {
             "status": "ok",
             "version": __version__,
-            "builtin_worker": not (self.proxy is not None and self.proxy.active),
-            "external_workers": [] if self.proxy is None else self.proxy.pools.report(),
+            "builtin_worker": not self.proxy.active,
+            "external_workers": self.proxy.pools.report(),
             "running": self.scheduler.running,
             "queued": self.scheduler.queued,
             "layers": {str(layer): host.missing.get(layer, "ok") for layer in Layer},
@@ -354,8 +358,7 @@ class ScriptService:
     def shutdown(self) -> None:
         """The reactor is stopping: kill what runs, record an outcome for every ticket.
         (Tickets at external workers run on there; a restart follows them again.)"""
-        if self.proxy is not None:
-            self.proxy.stop()
+        self.proxy.stop()
         queued, self._queued = self._queued, {}
         for ticket_id, (_start, ticket) in queued.items():
             self.scheduler.finished(ticket_id)
