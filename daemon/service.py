@@ -1,50 +1,42 @@
 """The script service: start, status (long-poll), cancel and complete, Tentacle-style.
 
-It ties the pieces together on the reactor thread: validated requests
-(api.py) are authorised against the caller's trust entry, resolved against
-policy, persisted as tickets before they are acknowledged, admitted by the
-scheduler, run by the sandbox through the reactor driver, and their output is
-framed into numbered log lines as it arrives.
+On the reactor thread: validated requests (api.py) are authorised against the
+caller's trust entry and handed to the built-in worker (builtin.py: policy,
+scheduler, sandbox) or, while external workers are configured, to the proxy
+(proxy.py). Both record each ticket before it is acknowledged; this module
+answers status and long-polls from the ticket's log and records every outcome.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.internet import defer
 from twisted.web import server
 
 from sandworker import __version__
 from sandworker.sandbox.layers import Layer
-from sandworker.sandbox.outcome import Outcome
-from sandworker.sandbox.plan import Refused
-from sandworker.sandbox.policy import PolicyDenied, PolicySet
-from sandworker.sandbox.runner import Request, Sandbox
+from sandworker.sandbox.policy import PolicySet
+from sandworker.sandbox.runner import Sandbox
 from sandworker.sandbox.syntaxes import SYNTAXES
 
 from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request
 from .audit import AuditLog, Event
+from .builtin import BuiltinWorker
 from .client import NEXT_SEQ_HEADER, STATE_HEADER
-from .driver import ScriptDriver, reactor
+from .driver import reactor
 from .http import Body, Encoded, Handler, Identity
 from .pools import Pools
 from .proxy import Proxy
 from .scheduler import Scheduler
 from .tickets import (
-    CANCELLED,
-    FATAL,
-    TIMEOUT,
     InvalidTicketId,
     State,
     Ticket,
     TicketStoreError,
-    exit_code_for,
     ticket_key,
 )
 from .ticketstore import TicketStore
@@ -65,19 +57,11 @@ class ScriptService:
         pools: Pools,
         handed: Sequence[str] = (),
     ) -> None:
-        self.sandbox, self.policies, self.store, self.scheduler, self.audit = (
-            sandbox,
-            policies,
-            store,
-            scheduler,
-            audit,
-        )
-        self._drivers: dict[str, ScriptDriver] = {}
-        self._queued: dict[str, tuple[StartRequest, Ticket]] = {}
+        self.sandbox, self.store, self.audit = sandbox, store, audit
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
-        self._timer: Any = None
-        self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
-        self._output_lost: dict[str, str] = {}  # ticket -> why its output stopped being kept
+        self.builtin = BuiltinWorker(
+            sandbox, policies, store, scheduler, audit, end=self._end, wake=self._wake
+        )
         self.proxy = Proxy(pools, store, audit, wake=self._wake, end=self._end)
         self._handed = list(handed)  # recovered tickets still at external workers
 
@@ -114,59 +98,10 @@ class ScriptService:
         if self.proxy.active:  # the workers' policies decide
             ticket = self.proxy.hand_off(ticket_id, start, who.thumbprint)
         else:
-            ticket = self._accept(ticket_id, start, who)
+            ticket = self.builtin.accept(ticket_id, start, who.thumbprint)
         if start.wait_seconds > 0 and not ticket.complete:
             await self._wait(ticket.id, start.wait_seconds, until_complete=True)
         return 201, self._status_body(ticket, after=-1)
-
-    def _accept(self, ticket_id: str, start: StartRequest, who: Identity) -> Ticket:
-        """A start for the built-in worker: checked against policy, recorded, queued."""
-        if start.pool is not None:
-            raise bad_request(
-                f"pool {start.pool!r}: this worker runs scripts itself and has no pools of"
-                " external workers; leave pool out"
-            )
-        try:
-            policy = self.policies().resolve(start.project)
-        except PolicyDenied as exc:
-            raise Problem(403, "Forbidden", str(exc)) from None
-        if start.syntax not in policy.syntaxes:
-            raise Problem(
-                403,
-                "Forbidden",
-                f"syntax {start.syntax!r} is not allowed for project"
-                f" {start.project} (allowed: {', '.join(policy.syntaxes)})",
-            )
-        try:
-            ticket, _new = self.store.create(ticket_id, dataclasses.asdict(start))
-        except TicketStoreError as exc:  # full disk, unwritable state: refuse, keep the rest
-            log.error("refusing a start: %s", exc)
-            raise Problem(
-                507,
-                "Insufficient Storage",
-                f"the worker cannot record a new ticket, so it was not started: {exc}."
-                " Free space in the state directory (or fix its permissions) and retry;"
-                " tickets already accepted are unaffected",
-            ) from None
-        self.audit.record(
-            Event.SCRIPT_START,
-            ticket=ticket.id,
-            project=start.project,
-            syntax=start.syntax,
-            client=who.thumbprint,
-        )
-        self._queued[ticket.id] = (start, ticket)
-        self.scheduler.submit(
-            ticket.id,
-            start.project,
-            policy.concurrency,
-            time.monotonic(),
-            isolation=start.isolation,
-            mutex=start.mutex,
-            acquire_timeout=start.acquire_timeout,
-        )
-        self._admit()
-        return ticket
 
     async def status(
         self, request: server.Request, parts: list[str], who: Identity
@@ -188,13 +123,8 @@ class ScriptService:
             )
         if ticket.record.worker is not None:
             await self.proxy.cancel(ticket)
-        elif ticket.id in self._queued:
-            self._queued.pop(ticket.id)
-            self.scheduler.finished(ticket.id)
-            self._end(ticket, CANCELLED, "cancelled", "cancelled before it started")
-            self._admit()
-        elif ticket.id in self._drivers:
-            self._drivers[ticket.id].cancel()
+        else:
+            self.builtin.cancel(ticket)
         return 200, self._status_body(ticket, after=-1)
 
     async def complete(
@@ -208,7 +138,7 @@ class ScriptService:
         if ticket.record.worker is not None:
             await self.proxy.complete(ticket)
         else:
-            self._cleanup(ticket)
+            self.builtin.cleanup(ticket)
         self.store.complete(ticket.id)
         self.audit.record(
             Event.SCRIPT_COMPLETE, ticket=ticket.id, project=ticket.project, client=who.thumbprint
@@ -224,8 +154,8 @@ class ScriptService:
             "version": __version__,
             "builtin_worker": not self.proxy.active,
             "external_workers": self.proxy.pools.report(),
-            "running": self.scheduler.running,
-            "queued": self.scheduler.queued,
+            "running": self.builtin.scheduler.running,
+            "queued": self.builtin.scheduler.queued,
             "layers": {str(layer): host.missing.get(layer, "ok") for layer in Layer},
         }
 
@@ -241,84 +171,6 @@ class ScriptService:
         }
 
     # --- running ----------------------------------------------------------------------------
-
-    def _admit(self) -> None:
-        admission = self.scheduler.admit(time.monotonic())
-        for ticket_id in admission.timed_out:
-            _start, ticket = self._queued.pop(ticket_id)
-            self._end(ticket, TIMEOUT, "timeout", "timed out waiting for its isolation mutex")
-        for ticket_id in admission.started:
-            self._launch(*self._queued.pop(ticket_id))
-        for ticket_id, (_start, ticket) in self._queued.items():
-            why = self.scheduler.why_waiting(ticket_id)
-            if why and why != self._said.get(ticket_id):
-                self._said[ticket_id] = why
-                ticket.debug(why)
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        deadline = self.scheduler.next_deadline(time.monotonic())
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if deadline is not None:
-            self._timer = reactor.callLater(max(deadline - time.monotonic(), 0), self._admit)
-
-    def _launch(self, start: StartRequest, ticket: Ticket) -> None:
-        policy = self.policies().resolve(start.project)
-        if start.timeout is not None:
-            timeout = min(start.timeout, policy.timeout_seconds)
-            policy = dataclasses.replace(policy, timeout_seconds=timeout)
-        self._said.pop(ticket.id, None)
-        request = Request(
-            start.project, run_id(ticket.id), start.syntax, start.body, start.arguments
-        )
-        try:
-            running = self.sandbox.start(request, policy)
-        except (Refused, OSError, ValueError) as exc:
-            self._done(ticket, None, f"refused: {exc}")
-            return
-
-        def on_output(source: str, data: bytes) -> None:
-            try:
-                ticket.output(source, data)
-            except TicketStoreError as exc:  # the output cannot be kept: stop the script
-                self._lost_output(ticket, exc)
-            self._wake(ticket.id)
-
-        self._drivers[ticket.id] = ScriptDriver(
-            running, self.sandbox.zygote, on_output, lambda outcome: self._done(ticket, outcome, "")
-        )
-        try:
-            ticket.running()
-            if running.plan.debug:
-                ticket.debug("\n".join(running.plan.debug))
-        except TicketStoreError as exc:
-            self._lost_output(ticket, exc)
-
-    def _lost_output(self, ticket: Ticket, exc: TicketStoreError) -> None:
-        driver = self._drivers.get(ticket.id)
-        if ticket.id not in self._output_lost and driver is not None:
-            log.error("stopping ticket %s: its output cannot be recorded: %s", ticket.id, exc)
-            self._output_lost[ticket.id] = f"output could not be recorded: {exc}"
-            driver.cancel()
-
-    def _done(self, ticket: Ticket, outcome: Outcome | None, message: str) -> None:
-        self._drivers.pop(ticket.id, None)
-        self.scheduler.finished(ticket.id)
-        lost = self._output_lost.pop(ticket.id, None)
-        if lost is not None:
-            exit_code, reason, message = FATAL, "output lost", lost
-        elif outcome is None:
-            exit_code, reason = FATAL, "refused"
-        else:
-            exit_code, reason, message = (
-                exit_code_for(outcome),
-                str(outcome.reason),
-                outcome.message,
-            )
-        self._end(ticket, exit_code, reason, message)
-        self._admit()
 
     def _end(self, ticket: Ticket, exit_code: int, reason: str, message: str) -> None:
         """Record a ticket's outcome (from memory if the disk refuses it), audit it, and
@@ -342,34 +194,14 @@ class ScriptService:
         (already gone if a client completed the ticket)."""
         for ticket in self.store.purge(retention):
             if ticket.record.worker is None:  # (a worker's own purge removes its directory)
-                self._cleanup(ticket)
+                self.builtin.cleanup(ticket)
             self.audit.record(Event.TICKET_PURGED, ticket=ticket.id, project=ticket.project)
-
-    def _cleanup(self, ticket: Ticket) -> None:
-        """Remove the ticket's working directory, as its project's account. A project the
-        policy no longer allows keeps its directory (no account to remove it as); the log
-        says so and the ticket goes on."""
-        try:
-            policy = self.policies().resolve(ticket.project)
-            self.sandbox.cleanup(Request(ticket.project, run_id(ticket.id)), policy)
-        except (PolicyDenied, OSError, ValueError) as exc:
-            log.warning("ticket %s: its working directory stays: %s", ticket.id, exc)
 
     def shutdown(self) -> None:
         """The reactor is stopping: kill what runs, record an outcome for every ticket.
         (Tickets at external workers run on there; a restart follows them again.)"""
         self.proxy.stop()
-        queued, self._queued = self._queued, {}
-        for ticket_id, (_start, ticket) in queued.items():
-            self.scheduler.finished(ticket_id)
-            self._end(
-                ticket, CANCELLED, "cancelled", "the worker stopped before the script started"
-            )
-        for ticket_id, driver in list(self._drivers.items()):
-            found = self.store.get(ticket_id)
-            if found is not None:
-                found.debug("the worker stopped while the script ran; it was killed")
-            driver.stop_now()
+        self.builtin.shutdown()
         self.store.sync()
 
     # --- helpers --------------------------------------------------------------------------------
@@ -457,8 +289,3 @@ def _ticket_id(raw: str) -> str:
     except InvalidTicketId as exc:
         raise bad_request(str(exc)) from None
     return raw
-
-
-def run_id(ticket_id: str) -> str:
-    """The sandbox run (working directory, cgroup) of a ticket: stable, short, safe."""
-    return "t" + hashlib.sha256(ticket_key(ticket_id).encode()).hexdigest()[:24]
