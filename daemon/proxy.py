@@ -55,18 +55,27 @@ class Proxy:
             raise Problem(
                 503, "Service Unavailable", f"{exc}; the script was not started"
             ) from None
-        try:
-            request = start.forwarded() | {"pool": start.pool}
-            ticket, _new = self.store.create(ticket_id, request, worker=worker.address)
+        request = start.forwarded() | {"pool": start.pool}
+        try:  # durable first; the directory is written while the start travels (handoffs.py)
+            self.store.hand_off(ticket_id, request, worker.address)
         except TicketStoreError as exc:
             raise Problem(
                 507, "Insufficient Storage", f"{exc}; the script was not started"
+            ) from None
+        self._follow(ticket_id, worker, start.forwarded(), accepted=False)
+        try:
+            ticket, _new = self.store.create(ticket_id, request, worker=worker.address)
+        except TicketStoreError as exc:
+            self._runs[ticket_id].cancel()
+            raise Problem(
+                507,
+                "Insufficient Storage",
+                f"{exc}; the start may have reached worker {worker.address}: it is cancelled there",
             ) from None
         self.audit.record(
             Event.SCRIPT_START, ticket=ticket.id, project=start.project, client=client,
             worker=worker.address,
         )  # fmt: skip
-        self._follow(ticket, worker, start.forwarded())
         return ticket
 
     def resume(self, ticket_ids: list[str]) -> None:
@@ -82,7 +91,7 @@ class Proxy:
                 continue
             log.info("ticket %s: following it again at %s", ticket.id, worker.address)
             start = {k: v for k, v in ticket.request.items() if k != "pool"} | {"wait_seconds": 0}
-            self._follow(ticket, worker, start)
+            self._follow(ticket.id, worker, start, accepted=ticket.record.accepted)
 
     def stop(self) -> None:
         for run in self._runs.values():
@@ -141,8 +150,16 @@ class Proxy:
         except Problem as problem:
             log.warning("ticket %s: %s %s: %s", ticket.id, method, path, problem.detail)
 
-    def _follow(self, ticket: Ticket, worker: ExternalWorker, start: dict[str, Any]) -> None:
-        def accepted() -> None:
+    def _follow(
+        self, ticket_id: str, worker: ExternalWorker, start: dict[str, Any], *, accepted: bool
+    ) -> None:
+        """Start following a ticket at its worker. The hooks find the ticket when they run
+        (on the reactor thread, after `hand_off` has created it); one whose creation failed
+        is only cancelled there and let go."""
+
+        def accepted_hook() -> None:
+            if (ticket := self.store.get(ticket_id)) is None:
+                return
             try:
                 ticket.mark_accepted()
             except TicketStoreError as exc:  # a restart may send the start again: it is
@@ -150,19 +167,29 @@ class Proxy:
 
         def unreachable(message: str) -> None:
             # Never a line of its own: the log's numbers are the worker's, copied as they are.
-            log.warning("ticket %s: %s", ticket.id, message)
-            ticket.note = message
-            self._wake(ticket.id)
+            log.warning("ticket %s: %s", ticket_id, message)
+            if (ticket := self.store.get(ticket_id)) is not None:
+                ticket.note = message
+                self._wake(ticket.id)
+
+        def page(doc: dict[str, Any]) -> tuple[int, bool]:
+            if (ticket := self.store.get(ticket_id)) is not None:
+                return self._copy(ticket, doc)
+            complete = doc.get("state") == "complete"
+            if complete:
+                self._runs.pop(ticket_id, None)
+            next_seq = doc.get("next_seq")
+            return (next_seq if type(next_seq) is int else 0), complete
 
         def end(exit_code: int, reason: str, message: str) -> None:
-            self._runs.pop(ticket.id, None)
-            if not ticket.complete:
+            self._runs.pop(ticket_id, None)
+            ticket = self.store.get(ticket_id)
+            if ticket is not None and not ticket.complete:
                 self._end(ticket, exit_code, reason, message)
 
-        hooks = Hooks(accepted, lambda doc: self._copy(ticket, doc), unreachable, end)
-        accepted_before = ticket.record.accepted
-        self._runs[ticket.id] = RemoteRun(
-            ticket.id, worker, start, self.pools, hooks, accepted=accepted_before
+        hooks = Hooks(accepted_hook, page, unreachable, end)
+        self._runs[ticket_id] = RemoteRun(
+            ticket_id, worker, start, self.pools, hooks, accepted=accepted
         )
 
     def _copy(self, ticket: Ticket, doc: dict[str, Any]) -> tuple[int, bool]:

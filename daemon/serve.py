@@ -53,6 +53,7 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     for name in sweep(sandbox.host.hierarchy, sandbox.cgroup_tag):  # before any script runs
         log.warning("start-up sweep: killed and removed the leftover cgroup %s", name)
     recovery = store.recover()
+    store.prepare_ahead()
     for problem in recovery.problems:
         log.warning("recovery: %s", problem)
     for ticket_id in recovery.lost:

@@ -4,7 +4,9 @@ Layout, all root's and private (directories 0700, files 0600):
 
     <state>/tickets/<id in lower case>/
         request.json   the accepted start request, written before the ticket is acknowledged
-        state.json     the state record, replaced atomically at every transition
+        state.jsonl    the state record, one whole record a line, appended and fsynced at
+                       every transition: the last whole line is the ticket's state (a torn
+                       last line was never acknowledged, and recovery cuts it away)
         log.jsonl      the numbered output lines (see ticketlog.py for the fsync guarantee)
 
 Ticket ids are chosen by the client and compared case-insensitively, as Tentacle does.
@@ -24,13 +26,13 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sandworker.sandbox.atomic import write_atomic
+from sandworker.sandbox.atomic import replace_files, write_all
 from sandworker.sandbox.outcome import Outcome, Reason
 
 from .ticketlog import (
@@ -58,7 +60,7 @@ RESULT_LOST = -46
 DEFAULT_PURGE_AGE = 24 * 3600.0
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", re.ASCII)
 LOST_MESSAGE = "result lost: the supervisor stopped while the script ran"
-REQUEST_FILE, STATE_FILE = "request.json", "state.json"
+REQUEST_FILE, STATE_FILE = "request.json", "state.jsonl"
 _TICKET_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -141,7 +143,7 @@ def exit_code_for(outcome: Outcome) -> int:
 
 @dataclass(frozen=True)
 class TicketRecord:
-    """What state.json holds. Times are Unix seconds in memory, RFC 3339 on disk."""
+    """A line of state.jsonl. Times are Unix seconds in memory, RFC 3339 on disk."""
 
     id: str
     state: State
@@ -160,11 +162,11 @@ class TicketRecord:
         doc: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
         for name in _TIMES:
             doc[name] = None if doc[name] is None else rfc3339(doc[name])
-        return json.dumps(doc, indent=1).encode() + b"\n"
+        return json.dumps(doc).encode() + b"\n"  # one line
 
     @classmethod
     def from_json(cls, raw: bytes) -> TicketRecord:
-        """Parse state.json; ValueError says what is wrong."""
+        """Parse a line of state.jsonl; ValueError says what is wrong."""
         doc = json.loads(raw)
         fields = set(cls.__dataclass_fields__)
         if not isinstance(doc, dict) or not set(doc) <= fields or fields - set(doc) - _NEWER:
@@ -213,8 +215,39 @@ class TicketDir:
         with os.fdopen(fd, "rb") as file:
             return file.read()
 
-    def write(self, name: str, data: bytes) -> None:
-        write_atomic(self.path / name, data)
+    def write(self, files: Mapping[str, bytes]) -> None:
+        """Replace files of the ticket's directory atomically (see `replace_files`)."""
+        dir_fd = os.open(self.key, DIR_FLAGS, dir_fd=self.parent_fd)
+        try:
+            replace_files(dir_fd, files)
+        finally:
+            os.close(dir_fd)
+
+    def append(self, name: str, data: bytes, also: Callable[[], None] = lambda: None) -> None:
+        """Append `data` to a file and fsync it (`also` before: another file's fsync); on
+        failure nothing of it stays in the file."""
+        fd = self.open(name, os.O_WRONLY | os.O_APPEND)
+        try:
+            end = os.fstat(fd).st_size
+            try:
+                write_all(fd, data)
+                also()
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
+
+    def cut(self, name: str, length: int) -> None:
+        """Truncate a file to `length` bytes (a torn last record) and fsync it."""
+        fd = self.open(name, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, length)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def log_opener(self) -> Callable[[int], int]:
         """How TicketLog opens this ticket's log.jsonl (relative to the directory)."""
@@ -272,8 +305,7 @@ class Ticket:
         self._moved(State.COMPLETE)  # refuse a bad transition before writing anything
         for source, framer in self._framers.items():
             self._append(source, framer.flush())
-        self._persist(self._log.sync)
-        self._commit(self._final(exit_code, reason, message))
+        self._commit(self._final(exit_code, reason, message), also=self._log.sync)
         self.close()
 
     def finish_in_memory(self, exit_code: int, reason: str, message: str) -> None:
@@ -373,8 +405,10 @@ class Ticket:
         if quoted:
             self._persist(lambda: self._log.append(source, quoted))
 
-    def _commit(self, record: TicketRecord) -> None:
-        self._persist(lambda: self._dir.write(STATE_FILE, record.to_json()))
+    def _commit(self, record: TicketRecord, also: Callable[[], None] = lambda: None) -> None:
+        """Persist the record (`also` first: the log's fsync before a final state), then
+        take it."""
+        self._persist(lambda: self._dir.append(STATE_FILE, record.to_json(), also))
         self._record = record
 
     def _persist(self, action: Callable[[], _T], verb: str = "persist") -> _T:
@@ -392,6 +426,22 @@ def store_error(
 ) -> TicketStoreError:
     cause = exc.strerror or str(exc)
     return TicketStoreError(f"cannot {verb} ticket {ticket_id}: {cause} (state dir {state_dir})")
+
+
+def remove_dir(parent_fd: int, name: str, *, strict: bool = False) -> None:
+    """Unlink a ticket directory's files (request.json first, so a half-removed ticket is
+    never resurrected), then the directory. Never recursive: a subdirectory is an error."""
+    try:
+        dir_fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            for file in sorted(os.listdir(dir_fd), key=lambda file: file != REQUEST_FILE):
+                os.unlink(file, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError:
+        if strict:
+            raise
 
 
 def check_private(fd: int, path: Path, *, fix: bool = False) -> None:

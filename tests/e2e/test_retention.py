@@ -22,12 +22,13 @@ def short(tmp_path: Path) -> Iterator[Worker]:
 
 def _age(worker: Worker, ticket: str, seconds: float) -> None:
     """Move a stopped daemon's record of `ticket` `seconds` into the past, as time would."""
-    path = worker.state / "tickets" / "tickets" / ticket / "state.json"
-    record = json.loads(path.read_text())
+    path = worker.state / "tickets" / "tickets" / ticket / "state.jsonl"
+    record = json.loads(path.read_text().splitlines()[-1])
     for field in ("completed", "client_completed"):
         if record[field] is not None:
             record[field] = rfc3339(time.time() - seconds)
-    path.write_text(json.dumps(record))
+    with path.open("a") as journal:  # a later record, as the daemon appends them
+        journal.write(json.dumps(record) + "\n")
 
 
 def test_tickets_older_than_the_retention_are_purged_at_start_up(

@@ -8,6 +8,7 @@ import os
 import random
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sandworker.daemon import ticketlog, tickets, ticketstore
+from sandworker.daemon import prepared, ticketlog, tickets, ticketstore
 from sandworker.daemon.ticketlog import INDEX_STRIDE, LineFramer, escape
 from sandworker.daemon.tickets import (
     CANCELLED,
@@ -321,20 +322,28 @@ def test_files_and_directories_are_private(store: TicketStore) -> None:
     folder = store.tickets_dir / "modes"
     assert stat.S_IMODE(store.tickets_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    for name in ("request.json", "state.json", "log.jsonl"):
+    for name in ("request.json", "state.jsonl", "log.jsonl"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
     assert json.loads((folder / "request.json").read_text()) == REQUEST
 
 
-def test_state_json_records_every_field(store: TicketStore, clock: Clock) -> None:
+def records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ticket's state journal, oldest first."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_state_journal_keeps_every_transition_and_field(
+    store: TicketStore, clock: Clock
+) -> None:
     ticket, _ = store.create("st", REQUEST)
     clock.now += 1
     ticket.running()
     ticket.output("stdout", b"a\nb\n")
     clock.now += 1
     ticket.finish(7, "exited", "exit code 7")
-    state = json.loads((store.tickets_dir / "st" / "state.json").read_text())
-    assert state == {
+    journal = records(store.tickets_dir / "st" / "state.jsonl")
+    assert [record["state"] for record in journal] == ["pending", "running", "complete"]
+    assert journal[-1] == {
         "id": "st",
         "state": "complete",
         "created": "2027-01-15T08:00:00.000Z",
@@ -469,11 +478,11 @@ def test_corrupt_state_is_reported_and_the_ticket_still_answers_lost(
     ticket.running()
     ticket.output("stdout", b"before\n")
     ticket.finish(0, "exited", "")
-    (store.tickets_dir / "bad" / "state.json").write_bytes(b'{"state": "compl')
+    (store.tickets_dir / "bad" / "state.jsonl").write_bytes(b'{"state": "compl"\n')
     fresh, recovery = reopen(store, clock)
     try:
         assert recovery.lost == ["bad"]
-        assert len(recovery.problems) == 1 and "state.json is corrupt" in recovery.problems[0]
+        assert len(recovery.problems) == 1 and "state.jsonl is corrupt" in recovery.problems[0]
         recovered = fresh.get("bad")
         assert recovered is not None and recovered.exit_code == RESULT_LOST
         assert recovered.project == "web"
@@ -564,7 +573,7 @@ def test_enospc_on_create_raises_clearly_and_leaves_nothing(
     monkeypatch.undo()
     assert sorted(os.listdir(store.tickets_dir)) == ["kept"]
     assert texts(kept) == [("debug", "accepted earlier")]
-    assert json.loads((store.tickets_dir / "kept" / "state.json").read_text())["state"] == "pending"
+    assert records(store.tickets_dir / "kept" / "state.jsonl")[-1]["state"] == "pending"
 
 
 @pytest.fixture
@@ -579,10 +588,13 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("ahead", [False, True], ids=["made-on-demand", "prepared-ahead"])
 def test_a_really_full_disk_refuses_new_tickets_and_keeps_accepted_ones(
-    tiny_disk: Path, clock: Clock
+    tiny_disk: Path, clock: Clock, ahead: bool
 ) -> None:
     store = TicketStore(tiny_disk / "state", clock=clock)
+    if ahead:
+        store.prepare_ahead()
     try:
         first, _ = store.create("first", REQUEST)
         first.running()
@@ -597,15 +609,89 @@ def test_a_really_full_disk_refuses_new_tickets_and_keeps_accepted_ones(
         lines = first.read_after(-1, 100_000)
         assert [line["seq"] for line in lines] == list(range(persisted))
         for leftover in tiny_disk.joinpath("state", "tickets").iterdir():
-            state = json.loads((leftover / "state.json").read_text())
-            assert state["state"] in {"pending", "running"}
+            assert records(leftover / "state.jsonl")[-1]["state"] in {"pending", "running"}
     finally:
         store.close()
+    if ahead:  # nothing half-made is left behind
+        assert os.listdir(tiny_disk / "state" / "prepared") == []
     fresh = TicketStore(tiny_disk / "state", clock=clock)
     fresh.recover()
     again = fresh.get("first")
     assert again is not None and again.read_after(persisted - 2, 10)[0]["seq"] == persisted - 1
     fresh.close()
+
+
+# --- the state journal and prepared directories ------------------------------------------------
+
+
+def test_a_torn_last_record_is_cut_and_the_one_before_it_stands(
+    store: TicketStore, clock: Clock
+) -> None:
+    ticket, _ = store.create("torn", REQUEST)
+    ticket.running()
+    ticket.finish(3, "exited", "exit code 3")
+    journal = store.tickets_dir / "torn" / "state.jsonl"
+    whole = journal.read_bytes()
+    with journal.open("ab") as file:  # a crash in the middle of appending the next record
+        file.write(b'{"id": "torn", "state": "compl')
+    again, recovery = reopen(store, clock)
+    recovered = again.get("torn")
+    assert recovered is not None and recovered.exit_code == 3 and recovery.lost == []
+    assert recovery.problems == [f"ticket torn: cut 30 bytes of a torn last record off {journal}"]
+    assert journal.read_bytes() == whole
+    again.complete("torn")
+    assert records(journal)[-1]["client_completed"] is not None  # appended after a clean end
+    again.close()
+
+
+def wait_prepared(store: TicketStore) -> list[str]:
+    """The prepared directories, once the thread has made all it keeps."""
+    folder = store.state_dir / "prepared"
+    deadline = time.monotonic() + 10
+    while store.prepared is None or store.prepared.ready < prepared.KEEP:
+        assert time.monotonic() < deadline, "the prepared directories never got ready"
+        time.sleep(0.01)
+    return sorted(os.listdir(folder))
+
+
+def test_a_prepared_directory_becomes_the_ticket(store: TicketStore, clock: Clock) -> None:
+    old = os.umask(0)
+    try:
+        store.prepare_ahead()
+        before = wait_prepared(store)
+    finally:
+        os.umask(old)
+    assert len(before) == prepared.KEEP
+    ticket, new = store.create("fast", REQUEST, worker="https://w:1")
+    assert new and len(set(before) - set(os.listdir(store.state_dir / "prepared"))) == 1
+    folder = store.tickets_dir / "fast"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in ("request.json", "state.jsonl", "log.jsonl"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    assert json.loads((folder / "request.json").read_text()) == REQUEST
+    assert [r["state"] for r in records(folder / "state.jsonl")] == ["pending"]
+    ticket.debug("hello")
+    assert len(wait_prepared(store)) == prepared.KEEP  # made again
+    again, recovery = reopen(store, clock)
+    assert recovery.handed == ["fast"] and recovery.problems == []
+    recovered = again.get("fast")
+    assert recovered is not None and recovered.record.worker == "https://w:1"
+    assert texts(recovered) == [("debug", "hello")]
+    again.close()
+
+
+def test_prepared_directories_never_outlive_the_store(tmp_path: Path, clock: Clock) -> None:
+    folder = tmp_path / "state" / "prepared"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / "0123abcd").mkdir()  # a crash while one was being filled
+    (folder / "0123abcd" / "request.json").write_text('{"project": "web"}')
+    store = TicketStore(tmp_path / "state", clock=clock)
+    assert store.recover().restored == []
+    store.prepare_ahead()
+    assert "0123abcd" not in wait_prepared(store)
+    store.close()
+    assert os.listdir(folder) == []
+    assert os.listdir(tmp_path / "state" / "tickets") == []
 
 
 def test_batch_escaping_equals_escaping_each_line_alone() -> None:
@@ -670,11 +756,10 @@ def test_a_workers_acknowledgement_is_kept_and_old_records_still_load(
 ) -> None:
     ticket, _ = store.create("acked", REQUEST, worker="https://w:1")
     ticket.mark_accepted()
-    path = store.tickets_dir / "acked" / "state.json"
-    older = json.loads(path.read_text())
+    older = records(store.tickets_dir / "acked" / "state.jsonl")[-1]
     del older["accepted"]  # as a record written before the field existed
     store.create("old", REQUEST)
-    (store.tickets_dir / "old" / "state.json").write_text(json.dumps(older | {"id": "old"}))
+    (store.tickets_dir / "old" / "state.jsonl").write_text(json.dumps(older | {"id": "old"}) + "\n")
     again, recovery = reopen(store, clock)
     acked, old = again.get("acked"), again.get("old")
     assert acked is not None and acked.record.accepted is True
