@@ -35,7 +35,7 @@ from sandworker.daemon.workers import WorkerStore
 sys.path.insert(0, str(Path(__file__).parent))
 from daemons import free_port, serve
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "100"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "300"))
 TARGET = 1.3
 
 
@@ -120,7 +120,9 @@ def main() -> int:
               f" {via / alone:5.2f}x")  # fmt: skip
     ratio = shared[1] / shared[0]
     print(f"  target <= {TARGET}x on one filesystem: {'met' if ratio <= TARGET else 'MISSED'}")
-    return 0 if ratio <= TARGET else 1
+    # A miss fails a developer's run; with BENCH_TARGETS=report (CI: figures only, since
+    # this VM is shared and timed tests are not wanted) it is printed and the run goes on.
+    return 0 if ratio <= TARGET or os.environ.get("BENCH_TARGETS") == "report" else 1
 
 
 if __name__ == "__main__":

@@ -111,7 +111,9 @@ def main() -> int:
     print(f"ratio sandworker/bare  {full_ms / bare:6.2f}x")
     verdict = "met" if ratio <= 5 else "MISSED"
     print(f"ratio sandworker/bwrap {ratio:6.2f}x   (target <= 5x: {verdict})")
-    return 0 if ratio <= 5 else 1
+    # A miss fails a developer's run; with BENCH_TARGETS=report (CI: figures only, since
+    # this VM is shared and timed tests are not wanted) it is printed and the run goes on.
+    return 0 if ratio <= 5 or os.environ.get("BENCH_TARGETS") == "report" else 1
 
 
 if __name__ == "__main__":

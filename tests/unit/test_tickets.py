@@ -644,6 +644,31 @@ def test_a_torn_last_record_is_cut_and_the_one_before_it_stands(
     again.close()
 
 
+def test_a_hand_off_the_proxy_never_wrote_out_is_made_at_the_restart(
+    store: TicketStore, clock: Clock
+) -> None:
+    store.hand_off("gone", REQUEST, "https://w:1")  # the start went out; then a crash
+    store.hand_off("made", REQUEST, "https://w:2")
+    store.create("made", REQUEST, worker="https://w:2")
+    journal = store.state_dir / "handoffs.jsonl"
+    with journal.open("ab") as file:
+        file.write(b'{"id": "torn", "wor')  # never sent: the fsync comes before the start
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    again, recovery = reopen(store, clock)
+    gone = again.get("gone")
+    assert gone is not None and gone.record.worker == "https://w:1" and gone.request == REQUEST
+    assert gone.state is State.PENDING and not gone.record.accepted
+    assert sorted(recovery.handed) == ["gone", "made"] and again.get("torn") is None
+    assert any("torn last line" in problem for problem in recovery.problems)
+    assert any("ticket gone: the proxy stopped" in problem for problem in recovery.problems)
+    assert not any("ticket made" in problem for problem in recovery.problems)
+    assert journal.read_bytes() == b""  # every hand-off in it now has its directory
+    again.close()
+    third, recovery = reopen(again, clock)
+    assert sorted(recovery.handed) == ["gone", "made"] and recovery.problems == []
+    third.close()
+
+
 def wait_prepared(store: TicketStore) -> list[str]:
     """The prepared directories, once the thread has made all it keeps."""
     folder = store.state_dir / "prepared"
