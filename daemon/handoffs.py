@@ -44,15 +44,15 @@ class HandoffJournal:
 
     def placed(self, key: str) -> None:
         """The ticket's directory is written: its line is no longer needed."""
+        if key not in self._unplaced:  # (a ticket of the built-in worker, or recovered)
+            return
         self._unplaced.discard(key)
         if not self._unplaced and os.fstat(self._fd).st_size > TRIM_BYTES:
             self.clear()
 
     def entries(self) -> tuple[list[dict[str, Any]], list[str]]:
         """The whole lines (oldest first), and what was wrong with the others."""
-        with open(os.dup(self._fd), "rb", closefd=True) as file:
-            file.seek(0)
-            raw = file.read()
+        raw = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
         entries, problems = [], []
         lines = raw.split(b"\n")
         if lines[-1]:

@@ -55,14 +55,15 @@ class Proxy:
             raise Problem(
                 503, "Service Unavailable", f"{exc}; the script was not started"
             ) from None
-        request = start.forwarded() | {"pool": start.pool}
+        forwarded = start.forwarded()
+        request = forwarded | {"pool": start.pool}
         try:  # durable first; the directory is written while the start travels (handoffs.py)
             self.store.hand_off(ticket_id, request, worker.address)
         except TicketStoreError as exc:
             raise Problem(
                 507, "Insufficient Storage", f"{exc}; the script was not started"
             ) from None
-        self._follow(ticket_id, worker, start.forwarded(), accepted=False)
+        self._follow(ticket_id, worker, forwarded, accepted=False)
         try:
             ticket, _new = self.store.create(ticket_id, request, worker=worker.address)
         except TicketStoreError as exc:
