@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from sandworker.daemon import remote
 from sandworker.daemon.pools import CheckSettings, NoHealthyWorker, Pools, UnknownPool
 from sandworker.daemon.workers import ExternalWorker, WorkerError, WorkerStore
 
@@ -147,3 +150,48 @@ def test_a_health_answer_that_is_not_a_sandworkers_fails_the_check(
     for _ in range(3):  # the same refusal is audited once, not at every check
         pools._failed(health, "thumbprint mismatch: expected X, got Y")
     assert refused == ["thumbprint mismatch: expected X, got Y"]
+
+
+def test_follower_threads_are_reused_run_side_by_side_and_end_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(remote, "IDLE_SECONDS", 0.3)
+    followers = remote.Followers()
+    ran: list[threading.Thread] = []
+    done = threading.Event()
+
+    def job() -> None:
+        ran.append(threading.current_thread())
+        done.set()
+
+    def settle(idle: int) -> None:
+        for _ in range(250):
+            if followers._idle == idle:
+                return
+            time.sleep(0.02)
+
+    followers.run(job)
+    assert done.wait(5)
+    settle(1)  # the first thread is idle again: the next job is its
+    done.clear()
+    followers.run(job)
+    assert done.wait(5)
+    assert ran[0] is ran[1]
+    gate, started = threading.Event(), threading.Barrier(3, timeout=5)
+
+    def held() -> None:
+        ran.append(threading.current_thread())
+        started.wait()  # both jobs run at once, each in a thread of its own
+        gate.wait(5)
+
+    followers.run(held)
+    followers.run(held)
+    started.wait()
+    gate.set()
+    assert len({id(t) for t in ran[2:]}) == 2
+    settle(2)
+    settle(0)  # every thread ends once it has idled for IDLE_SECONDS
+    for thread in ran:
+        thread.join(5)
+        assert not thread.is_alive()
+    assert followers._idle == 0
