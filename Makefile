@@ -5,7 +5,7 @@ VPY     := $(CURDIR)/$(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := bubblewrap procps util-linux iproute2 hyperfine
 
-.PHONY: run try-sandbox test lint typecheck schema check-schema bench apt clean
+.PHONY: run try-sandbox test lint typecheck schema check-schema bench apt clean install install-venv install-service
 
 $(STAMP): pyproject.toml
 	@if ! $(PY) -c 'import ensurepip' 2>/dev/null; then \
@@ -69,6 +69,35 @@ bench: $(STAMP) apt
 	$(VPY) bench/spawn.py
 	$(VPY) bench/e2e.py
 	$(VPY) bench/proxy.py
+
+# `make install` (root): the daemon in $(PREFIX), a virtualenv of its own, `sandworker` in
+# $(BINDIR), and `make install-service`: the systemd unit, the sysusers and tmpfiles files
+# (applied at once), /etc/sandworker with the shipped policies and configuration (files
+# already there are kept). DESTDIR stages it all under another root. See the README.
+PREFIX  ?= /opt/sandworker
+BINDIR  ?= /usr/local/bin
+UNITDIR ?= /etc/systemd/system
+ETC     := $(DESTDIR)/etc/sandworker
+
+install: install-venv install-service
+
+install-venv:
+	$(PY) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install -q .
+	install -d $(DESTDIR)$(BINDIR)
+	ln -sfn $(PREFIX)/bin/sandworker $(DESTDIR)$(BINDIR)/sandworker
+
+install-service:
+	install -D -m 0644 systemd/sandworker.service $(DESTDIR)$(UNITDIR)/sandworker.service
+	install -D -m 0644 systemd/sandworker.sysusers $(DESTDIR)/usr/lib/sysusers.d/sandworker.conf
+	install -D -m 0644 systemd/sandworker.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/sandworker.conf
+	systemd-sysusers --root=$(DESTDIR)/ $(DESTDIR)/usr/lib/sysusers.d/sandworker.conf
+	systemd-tmpfiles --root=$(DESTDIR)/ --create $(DESTDIR)/usr/lib/tmpfiles.d/sandworker.conf
+	for f in policies/default.toml policies/strict.toml; do t=$(ETC)/policies/$${f#policies/}; \
+	  test -e $$t || { install -m 0640 $$f $$t && chgrp --reference=$(ETC) $$t; }; done
+	test -e $(ETC)/sandworker.toml || { install -m 0640 systemd/sandworker.toml $(ETC)/ \
+	  && chgrp --reference=$(ETC) $(ETC)/sandworker.toml; }
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ AUDIT_FILE = "audit.jsonl"
 class Event(enum.StrEnum):
     DAEMON_START = "daemon.start"
     DAEMON_STOP = "daemon.stop"
+    DAEMON_RELOAD = "daemon.reload"  # ok, and the problems of a failed one
     CLIENT_REFUSED = "client.refused"  # TLS handshake: untrusted or missing certificate
     CLIENT_FORBIDDEN = "client.forbidden"  # trusted, but not for this project
     SCRIPT_START = "script.start"

@@ -125,14 +125,22 @@ class BuiltinWorker:
         except (PolicyDenied, OSError, ValueError) as exc:
             log.warning("ticket %s: its working directory stays: %s", ticket.id, exc)
 
-    def shutdown(self) -> None:
-        """The reactor is stopping: kill what runs, record an outcome for every ticket."""
+    def set_limit(self, global_limit: int) -> None:
+        """A reload changed sandbox.max_concurrent: a higher limit starts queued scripts now
+        (a lower one lets running ones finish)."""
+        self.scheduler.global_limit = global_limit
+        self._admit()
+
+    def cancel_queued(self, message: str) -> None:
+        """Cancel every script that has not started (the worker is stopping)."""
         queued, self._queued = self._queued, {}
         for ticket_id, (_start, ticket) in queued.items():
             self.scheduler.finished(ticket_id)
-            self._end(
-                ticket, CANCELLED, "cancelled", "the worker stopped before the script started"
-            )
+            self._end(ticket, CANCELLED, "cancelled", message)
+
+    def shutdown(self) -> None:
+        """The reactor is stopping: kill what runs, record an outcome for every ticket."""
+        self.cancel_queued("the worker stopped before the script started")
         for ticket_id, driver in list(self._drivers.items()):
             found = self.store.get(ticket_id)
             if found is not None:

@@ -1,13 +1,25 @@
-"""`sandworker config check|schema|docs`: the daemon's configuration file, for sysadmins."""
+"""`sandworker config check|schema|docs` and `sandworker reload`: the daemon's configuration
+file, for sysadmins."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, ConfigError, config_reference, config_schema, load_config
+from .config import (
+    DEFAULT_CONFIG,
+    DEFAULT_STATE,
+    ConfigError,
+    config_reference,
+    config_schema,
+    control_socket,
+    load_config,
+)
+
+EXIT_UNREACHABLE = 2
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +36,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     docs = commands.add_parser("docs", help="print the configuration field reference (Markdown)")
     docs.set_defaults(func=lambda _args: _print(config_reference()))
+    reload = subparsers.add_parser(
+        "reload",
+        help="make the running daemon re-read configuration, policy, trust and workers",
+        description="Ask the daemon (over its control socket) to reload, and wait for the"
+        " answer. Running scripts are untouched. Exit status: 0 reloaded, 1 the reload failed"
+        " (the daemon keeps its last good state; the problems are printed), 2 no daemon"
+        " answered.",
+    )
+    reload.add_argument("--config", default=str(DEFAULT_CONFIG), help="the daemon's config file")
+    reload.add_argument("--socket", help="the control socket (default: from the config file)")
+    reload.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    reload.set_defaults(func=cmd_reload)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -39,3 +63,41 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _print(text: str) -> int:
     sys.stdout.write(text)
     return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from .control import request_reload  # noqa: PLC0415 - Twisted loads only when needed
+
+    path = Path(args.socket) if args.socket else _control_socket(Path(args.config))
+    try:
+        result = request_reload(path, args.timeout)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"sandworker: no daemon answered at {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not result.ok:
+        print("sandworker: the reload failed; the daemon keeps its last good state:",
+              file=sys.stderr)  # fmt: skip
+        for problem in result.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print("reloaded")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def _control_socket(config: Path) -> Path:
+    """The control socket the config file names: read leniently when it is invalid, since
+    the file may be the very thing that is wrong (the daemon then reports its problems)."""
+    try:
+        return load_config(config).control_socket
+    except ConfigError:
+        pass
+    try:
+        raw = tomllib.loads(config.read_text())
+        server, state = raw.get("server", {}), raw.get("state", {})
+        return control_socket(
+            str(server.get("control_socket", "")), str(state.get("directory", DEFAULT_STATE))
+        )
+    except (OSError, ValueError, AttributeError):
+        return control_socket("", DEFAULT_STATE)

@@ -25,6 +25,7 @@ from sandworker.sandbox.settings import (
 
 DEFAULT_CONFIG = Path("/etc/sandworker/sandworker.toml")
 DEFAULT_PORT = 10933  # Tentacle's listening port
+DEFAULT_STATE = "/var/lib/sandworker"
 SCHEMA_ID = "urn:sandworker:schema:config:v1"
 
 
@@ -89,6 +90,24 @@ SERVER = (
         minimum=1024,
         maximum=64 << 20,
     ),
+    Field(
+        "stop_grace",
+        Kind.DURATION,
+        "On SIGTERM, how long running scripts may go on before they are cancelled"
+        " (queued ones are cancelled at once; no new start is accepted).",
+        default="30s",
+        minimum=0,
+        maximum=86400,
+    ),
+    Field(
+        "control_socket",
+        Kind.STR,
+        "The local socket `sandworker reload` talks to (root only, mode 0600);"
+        " empty: `control.sock` in the state directory.",
+        default="",
+        validator=lambda v: None if not v or v.startswith("/") else "must be an absolute path",
+        example="/run/sandworker/control.sock",
+    ),
 )
 TLS = (
     Field(
@@ -115,7 +134,7 @@ STATE = (
         "directory",
         Kind.STR,
         "Tickets, logs, workspaces and the project uid map.",
-        default="/var/lib/sandworker",
+        default=DEFAULT_STATE,
     ),
     Field(
         "retention",
@@ -241,6 +260,10 @@ class Config:
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
+    @property
+    def control_socket(self) -> Path:
+        return control_socket(self["server.control_socket"], self["state.directory"])
+
     def sandbox_settings(self) -> SandboxSettings:
         state = Path(self["state.directory"]) / "sandbox"
         return SandboxSettings(
@@ -249,6 +272,11 @@ class Config:
             interpreters=dict(self["sandbox.interpreters"]),
             hidden=("/etc/sandworker", str(self.path.parent)),
         )
+
+
+def control_socket(setting: str, state_dir: str) -> Path:
+    """`server.control_socket`, or control.sock in the state directory when it is empty."""
+    return Path(setting) if setting else Path(state_dir) / "control.sock"
 
 
 def load_config(path: Path) -> Config:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
+import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,11 +27,14 @@ from sandworker.sandbox.runner import Sandbox
 from .audit import AUDIT_FILE, AuditLog, Event
 from .certs import CertPrints, certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
+from .control import ControlFactory, Reloader, clear_stale_socket
 from .http import ConnectionCap, Router, make_site
+from .lifecycle import Lifecycle
 from .pinning import identify, log_rejection, server_context_factory
 from .pools import CheckSettings, Pools
 from .scheduler import Scheduler
 from .service import ScriptService
+from .systemd import Notifier
 from .tickets import RESULT_LOST, TicketStoreError
 from .ticketstore import TicketStore
 from .trust import TrustError, TrustStore
@@ -42,7 +48,16 @@ log = logging.getLogger("sandworker.daemon")
 reactor: Any = _reactor
 
 
-def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
+@dataclass
+class Daemon:
+    factory: Any  # the script service's TLS listener factory
+    store: TicketStore
+    service: ScriptService
+    audit: AuditLog
+    reloader: Reloader
+
+
+def build(config: Config) -> Daemon:
     """Everything the daemon runs, wired; raises on unusable files."""
     policies: PolicySet = load_policies([Path(config["sandbox.policy_dir"])])
     state = Path(config["state.directory"])
@@ -61,7 +76,16 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     scheduler = Scheduler(config["sandbox.max_concurrent"])
     pools = _pools(config, audit)
     service = ScriptService(
-        sandbox, lambda: policies, store, scheduler, audit, pools=pools, handed=recovery.handed
+        sandbox,
+        lambda: reloader.policies,
+        store,
+        scheduler,
+        audit,
+        pools=pools,
+        handed=recovery.handed,
+    )
+    reloader = Reloader(
+        config, policies, audit, set_limit=service.builtin.set_limit, check_workers=pools.check_all
     )
     trust = TrustStore(Path(config["tls.trust"]))
 
@@ -88,7 +112,7 @@ def build(config: Config) -> tuple[Any, TicketStore, ScriptService, AuditLog]:
     )
     tls = TLSMemoryBIOFactory(cast(Any, context), False, cast(Any, site))
     factory = ConnectionCap(tls, config["server.max_connections"])
-    return factory, store, service, audit
+    return Daemon(factory, store, service, audit, reloader)
 
 
 def _pools(config: Config, audit: AuditLog) -> Pools:
@@ -187,19 +211,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f" {Path(args.config).parent}/profile.toml --project demo -c 'id; echo hello'",
             flush=True,
         )
+    notifier = Notifier.from_environment()  # first: nothing the daemon starts inherits it
     start_logging(verbose=args.verbose)
     _keep_large_buffers()
     try:
         config = load_config(Path(args.config))
-        factory, store, service, audit = build(config)
+        daemon = build(config)
         host, _, port = config["server.listen"].rpartition(":")
-        listening = reactor.listenTCP(int(port), factory, interface=host.strip("[]"))
+        listening = reactor.listenTCP(int(port), daemon.factory, interface=host.strip("[]"))
+        control = config.control_socket
+        clear_stale_socket(control)
+        lifecycle = Lifecycle(
+            notifier, daemon.service, daemon.reloader, state_dir=Path(config["state.directory"])
+        )
+        reactor.listenUNIX(str(control), ControlFactory(lifecycle.reload), mode=0o600)
     except (ConfigError, PolicyError) as exc:
         print(f"sandworker: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (TicketStoreError, TrustError, WorkerError, OSError, CannotListenError) as exc:
         print(f"sandworker: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    store, service, audit = daemon.store, daemon.service, daemon.audit
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
     task.LoopingCall(_sync, store, audit).start(0.2, now=False)
     service.listening()
@@ -208,8 +240,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     task.LoopingCall(pools.check_all).start(pools.settings.interval, now=True)
     retention = config["state.retention"]  # purged at start-up, then every half of it (<= 1 h)
     task.LoopingCall(service.purge, retention).start(min(retention / 2, 3600), now=True)
+    reactor.callWhenRunning(lifecycle.started)  # (after Twisted's own signal handlers)
     print(f"sandworker: listening on {host}:{listening.getHost().port}", flush=True)
     reactor.run()
+    notifier.send(STATUS="stopped")
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(control).st_mode):
+            os.unlink(control)
     audit.record(Event.DAEMON_STOP, pid=os.getpid())
     store.close()
     audit.close()

@@ -64,6 +64,7 @@ class ScriptService:
         )
         self.proxy = Proxy(pools, store, audit, wake=self._wake, end=self._end)
         self._handed = list(handed)  # recovered tickets still at external workers
+        self.stopping = False  # SIGTERM: starts get 503 while running scripts finish
 
     def listening(self) -> None:
         """The listener is bound: follow again the tickets recovered at external workers."""
@@ -95,6 +96,10 @@ class ScriptService:
                     409, "Conflict", f"ticket {ticket_id} already exists for another project"
                 )
             return 200, self._status_body(existing, after=-1)
+        if self.stopping:
+            raise Problem(
+                503, "Service Unavailable", "the worker is stopping; the script was not started"
+            )
         if self.proxy.active:  # the workers' policies decide
             ticket = self.proxy.hand_off(ticket_id, start, who.thumbprint)
         else:

@@ -24,6 +24,8 @@ from .layers import Layer
 
 PREFIX = "sandworker-"
 V2 = "unified"
+DELEGATE_XATTR = "trusted.delegate"  # systemd >= 251 marks a Delegate=yes cgroup with it
+SUPERVISOR = "supervisor"  # the delegated group's leaf that holds the daemon itself
 
 
 def _mountpoints() -> dict[str, Path]:
@@ -69,6 +71,8 @@ class Hierarchy:
         groups = own_groups()
         found = cls()
         unified = groups.get(V2)
+        if unified is not None:
+            unified = enter_delegated_leaf(unified)
         if unified is not None and os.access(unified, os.W_OK):
             found.v2 = unified
             found.v2_controllers = _enable_for_children(unified)
@@ -228,6 +232,32 @@ def _enable_for_children(group: Path) -> frozenset[str]:
         with contextlib.suppress(OSError):
             (group / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
     return frozenset(wanted & _read_words(group / "cgroup.subtree_control"))
+
+
+def _delegated(group: Path) -> bool:
+    try:
+        return os.getxattr(group, DELEGATE_XATTR) == b"1"
+    except OSError:
+        return False
+
+
+def enter_delegated_leaf(own: Path) -> Path:
+    """Where script groups go: beside this process, in the group systemd delegated to it.
+
+    With Delegate=yes the unit's cgroup is ours, but cgroup v2 lets a group enable
+    controllers for its children only while it holds no process itself. So the daemon
+    moves into `<group>/supervisor` (before any child is started, and before READY=1)
+    and every script's group is a sibling of that leaf. Without delegation (a shell, a
+    container) nothing moves: script groups go below this process's own group."""
+    if own.name == SUPERVISOR and _delegated(own.parent):
+        return own.parent  # (moved already: discovered a second time)
+    if not _delegated(own):
+        return own
+    leaf = own / SUPERVISOR
+    with contextlib.suppress(FileExistsError):
+        leaf.mkdir()
+    (leaf / "cgroup.procs").write_text(str(os.getpid()))
+    return own
 
 
 def instance_tag(state_dir: Path) -> str:

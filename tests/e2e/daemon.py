@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,18 @@ class Worker:
     output: list[str] = field(default_factory=list)  # everything the daemon printed
     headers: dict[str, str] = field(default_factory=dict)  # of the last answer to call()
 
-    def start(self, *extra: str) -> None:
+    def start(
+        self, *extra: str, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+    ) -> None:
+        """`wrapper`: a command the daemon's command line is appended to (it execs it)."""
+        if env is None:  # (a test run under systemd must not notify it)
+            env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         self.process = subprocess.Popen(
-            [SANDWORKER, "serve", "--config", str(self.home / "sandworker.toml"), *extra],
+            [*wrapper, SANDWORKER, "serve", "--config", str(self.home / "sandworker.toml"), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=env,
         )
         stream = self.process.stdout
         assert stream is not None
@@ -132,6 +139,8 @@ def _worker(
         'version = 1\n[[project]]\nmatch = "web"\ntimeout = "20s"\nkill_grace = "1s"\n'
     )
     port = _free_port()
+    if "stop_grace" not in server:  # a stop kills running scripts at once, as tests expect
+        server += '\nstop_grace = "0s"'
     (home / "sandworker.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
