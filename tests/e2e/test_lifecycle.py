@@ -256,7 +256,8 @@ def delegated() -> Iterator[Path]:
 
 
 def test_under_delegation_the_daemon_moves_into_a_leaf_and_scripts_go_beside_it(
-    delegated: Path, worker: Worker  # (in this order: the worker stops before the group goes)
+    delegated: Path,
+    worker: Worker,  # (in this order: the worker stops before the group goes)
 ) -> None:
     worker.stop()
     worker.start(wrapper=["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', delegated])
