@@ -62,7 +62,15 @@ check-schema: $(STAMP)
 	$(VENV)/bin/sandworker config docs | diff -u config/REFERENCE.md - \
 	  || { echo "config/REFERENCE.md is stale: run 'make schema' and commit it" >&2; exit 1; }
 
-test: $(STAMP) apt lint typecheck check-schema
+# promtool (tests check the metrics and the alerting rules with it): the binary alone,
+# taken out of Debian's prometheus package, which is not installed (no server is started).
+PROMTOOL := .build/promtool/root/usr/bin/promtool
+$(PROMTOOL):
+	mkdir -p .build/promtool
+	cd .build/promtool && { apt-get download prometheus 2>/dev/null || \
+	  { apt-get update -qq && apt-get download prometheus; }; } && dpkg-deb -x prometheus_*.deb root
+
+test: $(STAMP) apt $(PROMTOOL) lint typecheck check-schema
 	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: $(STAMP) apt

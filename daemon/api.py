@@ -37,9 +37,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class Problem(Exception):
     """An error answered as application/problem+json (RFC 9457) with an actionable detail."""
 
-    def __init__(self, status: int, title: str, detail: str, **extra: object) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, *, reason: str = "", **extra: object
+    ) -> None:
+        """`reason`: the refusal's label in the metrics (metrics.REFUSALS), not sent."""
         super().__init__(detail)
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.reason = reason
 
     def body(self) -> bytes:
         doc = {"type": "about:blank", "title": self.title, "status": self.status}

@@ -24,6 +24,7 @@ from sandworker.sandbox.runner import Request, Sandbox
 from .api import Problem, StartRequest, bad_request
 from .audit import AuditLog, Event
 from .driver import ScriptDriver, reactor
+from .metrics import Metrics
 from .scheduler import Scheduler
 from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, TicketStoreError, exit_code_for, ticket_key
 from .ticketstore import TicketStore
@@ -40,6 +41,7 @@ class BuiltinWorker:
         scheduler: Scheduler,
         audit: AuditLog,
         *,
+        metrics: Metrics,
         end: Callable[[Ticket, int, str, str], None],
         wake: Callable[[str], None],
     ) -> None:
@@ -49,7 +51,7 @@ class BuiltinWorker:
             store,
             scheduler,
         )
-        self.audit, self._end, self._wake = audit, end, wake
+        self.audit, self.metrics, self._end, self._wake = audit, metrics, end, wake
         self._drivers: dict[str, ScriptDriver] = {}
         self._queued: dict[str, tuple[StartRequest, Ticket]] = {}
         self._timer: Any = None
@@ -66,13 +68,14 @@ class BuiltinWorker:
         try:
             policy = self.policies().resolve(start.project)
         except PolicyDenied as exc:
-            raise Problem(403, "Forbidden", str(exc)) from None
+            raise Problem(403, "Forbidden", str(exc), reason="policy") from None
         if start.syntax not in policy.syntaxes:
             raise Problem(
                 403,
                 "Forbidden",
                 f"syntax {start.syntax!r} is not allowed for project"
                 f" {start.project} (allowed: {', '.join(policy.syntaxes)})",
+                reason="policy",
             )
         try:
             ticket, _new = self.store.create(ticket_id, dataclasses.asdict(start))
@@ -185,6 +188,7 @@ class BuiltinWorker:
         except (Refused, OSError, ValueError) as exc:
             self._done(ticket, None, f"refused: {exc}")
             return
+        self.metrics.script_started(start.syntax)
 
         def on_output(source: str, data: bytes) -> None:
             try:
@@ -211,6 +215,8 @@ class BuiltinWorker:
             driver.cancel()
 
     def _done(self, ticket: Ticket, outcome: Outcome | None, message: str) -> None:
+        if outcome is not None:
+            self.metrics.ran(outcome)
         self._drivers.pop(ticket.id, None)
         self.scheduler.finished(ticket.id)
         lost = self._output_lost.pop(ticket.id, None)

@@ -235,12 +235,58 @@ EXTERNAL = (
         maximum=7 * 86400,
     ),
 )
+METRICS_PORT = 10934  # beside the script service's 10933
+TLS_SERVER_CONFIG = (  # exporter-toolkit's key names (its --web.config.file)
+    Field("cert_file", Kind.STR, "Certificate (PEM) of the metrics listener.", default=""),
+    Field("key_file", Kind.STR, "Its private key (PEM, mode 0600).", default=""),
+    Field(
+        "client_auth_type",
+        Kind.STR,
+        "`RequireAndVerifyClientCert` (scrapers present a certificate signed by"
+        " `client_ca_file`) or `NoClientCert`.",
+        default="RequireAndVerifyClientCert",
+        validator=lambda v: (
+            None
+            if v in ("RequireAndVerifyClientCert", "NoClientCert")
+            else "expected RequireAndVerifyClientCert or NoClientCert"
+        ),
+    ),
+    Field(
+        "client_ca_file",
+        Kind.STR,
+        "CA certificates (PEM) scrapers' certificates are checked against.",
+        default="",
+    ),
+    Field(
+        "min_version",
+        Kind.STR,
+        "Lowest TLS version: TLS12 or TLS13.",
+        default="TLS12",
+        validator=lambda v: None if v in ("TLS12", "TLS13") else "expected TLS12 or TLS13",
+    ),
+)
+METRICS = (
+    Field(
+        "listen",
+        Kind.STR,
+        "Address and port of the Prometheus listener (`/metrics` only); empty: none.",
+        default=f"127.0.0.1:{METRICS_PORT}",
+        validator=lambda v: None if v == "" else _listen_error(v),
+    ),
+    Field(
+        "tls_server_config",
+        Kind.TABLE,
+        "TLS for the metrics listener (off while `cert_file` is empty).",
+        fields=TLS_SERVER_CONFIG,
+    ),
+)
 FILE = (
     Field("server", Kind.TABLE, "The listener.", fields=SERVER),
     Field("tls", Kind.TABLE, "Certificate, key and trusted clients.", fields=TLS),
     Field("state", Kind.TABLE, "Durable state.", fields=STATE),
     Field("sandbox", Kind.TABLE, "How scripts are run.", fields=SANDBOX),
     Field("external", Kind.TABLE, "External workers this daemon proxies to.", fields=EXTERNAL),
+    Field("metrics", Kind.TABLE, "Prometheus metrics.", fields=METRICS),
 )
 
 
@@ -291,6 +337,14 @@ def load_config(path: Path) -> Config:
     if values["sandbox.uid_min"] > values["sandbox.uid_max"]:
         line = lines.line(("sandbox", "uid_min"))
         problems.append(Problem(str(path), line, "sandbox.uid_min", "must not exceed uid_max"))
+    tls = "metrics.tls_server_config."
+    needs = [("key_file", "cert_file")]
+    if values[tls + "client_auth_type"] == "RequireAndVerifyClientCert":
+        needs.append(("client_ca_file", "cert_file"))
+    for name, because in needs:
+        if values[tls + because] and not values[tls + name]:
+            line = lines.line(("metrics", "tls_server_config", because))
+            problems.append(Problem(str(path), line, tls + name, f"is needed with {because}"))
     if problems:
         raise ConfigError(problems)
     return Config(values, path)

@@ -61,12 +61,13 @@ class Reloader:
         *,
         set_limit: Callable[[int], None],
         check_workers: Callable[[], object],
+        on_failed: Callable[[], object] = lambda: None,
     ) -> None:
         self.config, self.policies, self._audit = config, policies, audit
-        self._set_limit, self._check_workers = set_limit, check_workers
+        self._set_limit, self._check_workers, self._on_failed = set_limit, check_workers, on_failed
         self.failures = 0  # reloads that failed since the start
         self.last_failed = False
-        self.last_success: float | None = None  # time.time() of the last good one
+        self.last_success = time.time()  # of the last good load (the first one: now)
 
     def reload(self) -> ReloadResult:
         try:
@@ -94,6 +95,7 @@ class Reloader:
 
     def _failed(self, problems: list[str]) -> ReloadResult:
         self.failures, self.last_failed = self.failures + 1, True
+        self._on_failed()
         log.error("reload failed; the last good configuration stays:\n%s", "\n".join(problems))
         self._audit.record(Event.DAEMON_RELOAD, ok=False, problems=problems)
         return ReloadResult(False, problems=problems)

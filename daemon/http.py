@@ -279,3 +279,34 @@ def make_site(
     site.protocol = channel  # type: ignore[method-assign]
     site.displayTracebacks = False
     return site
+
+
+class _MetricsResource(resource.Resource):
+    """`/metrics` and nothing else (404), rendered on the reactor's thread."""
+
+    isLeaf = True
+
+    def __init__(self, render: Callable[[], bytes], content_type: bytes) -> None:
+        super().__init__()
+        self._render, self._type = render, content_type
+
+    def render_GET(self, request: server.Request) -> bytes:
+        if request.path != b"/metrics":
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found: this listener serves /metrics only\n"
+        request.setHeader(b"content-type", self._type)
+        request.setHeader(b"cache-control", b"no-store")
+        return self._render()
+
+
+class _QuietSite(server.Site):
+    noisy = False
+
+    def log(self, request: http.Request) -> None:  # no line per scrape
+        pass
+
+
+def metrics_site(render: Callable[[], bytes], content_type: bytes) -> server.Site:
+    """The metrics listener's site: GET /metrics answers `render()`."""
+    return _QuietSite(_MetricsResource(render, content_type))

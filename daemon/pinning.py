@@ -130,6 +130,28 @@ def server_context_factory(
     return PinningContextFactory(context)
 
 
+def ca_context_factory(
+    cert_path: Path, key_path: Path, client_ca: Path | None, *, tls13_only: bool = False
+) -> PinningContextFactory:
+    """A CA-verified TLS context (the metrics listener, as exporter-toolkit's): clients
+    must present a certificate `client_ca` signed, or none is asked for without it."""
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION if tls13_only else SSL.TLS1_2_VERSION)
+    context.set_cipher_list(TLS12_CIPHERS)
+    context.set_options(SERVER_OPTIONS)
+    try:
+        context.use_certificate_file(str(cert_path))
+        context.use_privatekey_file(str(key_path))
+        context.check_privatekey()
+        if client_ca is not None:
+            context.load_verify_locations(str(client_ca))
+    except SSL.Error as exc:
+        raise TrustError(f"cannot use {cert_path}, {key_path} or {client_ca}: {exc}") from exc
+    if client_ca is not None:
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *a: a[4])
+    return PinningContextFactory(context)
+
+
 def peer_identity(transport: object) -> CertPrints | None:
     """The thumbprints of the peer's certificate on a Twisted TLS transport, if it sent one."""
     get_handle = getattr(transport, "getHandle", None)

@@ -18,6 +18,7 @@ from twisted.internet import threads
 from .api import Problem, StartRequest
 from .audit import AuditLog, Event
 from .client import ClientError
+from .metrics import Metrics
 from .pools import CANCEL_TIMEOUT, NoHealthyWorker, Pools, UnknownPool
 from .remote import Hooks, RemoteRun
 from .tickets import FATAL, RESULT_LOST, InvalidTransition, State, Ticket, TicketStoreError
@@ -33,11 +34,12 @@ class Proxy:
         pools: Pools,
         store: TicketStore,
         audit: AuditLog,
+        metrics: Metrics,
         *,
         wake: Callable[[str], None],
         end: Callable[[Ticket, int, str, str], None],
     ) -> None:
-        self.pools, self.store, self.audit = pools, store, audit
+        self.pools, self.store, self.audit, self.metrics = pools, store, audit, metrics
         self._wake, self._end = wake, end
         self._runs: dict[str, RemoteRun] = {}
 
@@ -53,7 +55,10 @@ class Proxy:
             raise Problem(400, "Bad Request", str(exc)) from None
         except NoHealthyWorker as exc:
             raise Problem(
-                503, "Service Unavailable", f"{exc}; the script was not started"
+                503,
+                "Service Unavailable",
+                f"{exc}; the script was not started",
+                reason="no_healthy_worker",
             ) from None
         forwarded = start.forwarded()
         request = forwarded | {"pool": start.pool}
@@ -73,6 +78,7 @@ class Proxy:
                 "Insufficient Storage",
                 f"{exc}; the start may have reached worker {worker.address}: it is cancelled there",
             ) from None
+        self.metrics.script_started(start.syntax)
         self.audit.record(
             Event.SCRIPT_START, ticket=ticket.id, project=start.project, client=client,
             worker=worker.address,

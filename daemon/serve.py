@@ -28,9 +28,10 @@ from .audit import AUDIT_FILE, AuditLog, Event
 from .certs import CertPrints, certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
 from .control import ControlFactory, Reloader, clear_stale_socket
-from .http import ConnectionCap, Router, make_site
+from .http import ConnectionCap, Router, make_site, metrics_site
 from .lifecycle import Lifecycle
-from .pinning import identify, log_rejection, server_context_factory
+from .metrics import CONTENT_TYPE, Metrics
+from .pinning import ca_context_factory, identify, log_rejection, server_context_factory
 from .pools import CheckSettings, Pools
 from .scheduler import Scheduler
 from .service import ScriptService
@@ -55,6 +56,49 @@ class Daemon:
     service: ScriptService
     audit: AuditLog
     reloader: Reloader
+    metrics: Metrics
+
+
+@dataclass
+class _Live:
+    """What a scrape reads of the running daemon (metrics.Live)."""
+
+    service: ScriptService
+    reloader: Reloader
+
+    def running(self) -> int:
+        return self.service.builtin.scheduler.running
+
+    def queued(self) -> int:
+        return self.service.builtin.scheduler.queued
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.service.proxy.pools.report()
+
+    def reloads(self) -> tuple[float | None, bool]:
+        return self.reloader.last_success, self.reloader.last_failed
+
+
+def listen_metrics(config: Config, metrics: Metrics) -> Any:
+    """The metrics listener (None when `metrics.listen` is empty), TLS if configured."""
+    where = config["metrics.listen"]
+    if not where:
+        return None
+    site = metrics_site(metrics.exposition, CONTENT_TYPE)
+    tls = "metrics.tls_server_config."
+    factory: Any = site
+    if config[tls + "cert_file"]:
+        ca = config[tls + "client_ca_file"]
+        required = config[tls + "client_auth_type"] == "RequireAndVerifyClientCert"
+        context = ca_context_factory(
+            Path(config[tls + "cert_file"]),
+            Path(config[tls + "key_file"]),
+            Path(ca) if required else None,
+            tls13_only=config[tls + "min_version"] == "TLS13",
+        )
+        factory = TLSMemoryBIOFactory(cast(Any, context), False, cast(Any, site))
+    host, _, port = where.rpartition(":")
+    return reactor.listenTCP(int(port), factory, interface=host.strip("[]"))
 
 
 def build(config: Config) -> Daemon:
@@ -75,27 +119,37 @@ def build(config: Config) -> Daemon:
         audit.record(Event.TICKET_RECOVERED, ticket=ticket_id, exit_code=RESULT_LOST)
     scheduler = Scheduler(config["sandbox.max_concurrent"])
     pools = _pools(config, audit)
+    metrics = Metrics()
     service = ScriptService(
         sandbox,
         lambda: reloader.policies,
         store,
         scheduler,
         audit,
+        metrics=metrics,
         pools=pools,
         handed=recovery.handed,
     )
     reloader = Reloader(
-        config, policies, audit, set_limit=service.builtin.set_limit, check_workers=pools.check_all
+        config,
+        policies,
+        audit,
+        set_limit=service.builtin.set_limit,
+        check_workers=pools.check_all,
+        on_failed=metrics.reload_failures.inc,
     )
+    metrics.watch(_Live(service, reloader))
     trust = TrustStore(Path(config["tls.trust"]))
 
     def refused(prints: CertPrints, reason: str, peer: str) -> None:
+        metrics.untrusted.inc()
         log_rejection(prints, reason, peer)
         audit.record(
             Event.CLIENT_REFUSED, peer=peer, client=prints.sha256, sha1=prints.sha1, reason=reason
         )
 
     def failed_handshake(peer: str, reason: str) -> None:
+        (metrics.untrusted if "certificate" in reason else metrics.handshake_failures).inc()
         log.warning("TLS handshake with %s failed: %s", peer, reason)
         audit.record(Event.CLIENT_REFUSED, peer=peer, client=None, reason=reason)
 
@@ -112,7 +166,7 @@ def build(config: Config) -> Daemon:
     )
     tls = TLSMemoryBIOFactory(cast(Any, context), False, cast(Any, site))
     factory = ConnectionCap(tls, config["server.max_connections"])
-    return Daemon(factory, store, service, audit, reloader)
+    return Daemon(factory, store, service, audit, reloader, metrics)
 
 
 def _pools(config: Config, audit: AuditLog) -> Pools:
@@ -180,6 +234,8 @@ def dev_home(base: Path, port: int = DEV_PORT) -> Path:
         f'key = "{base}/worker.key"\ntrust = "{base}/trust.toml"\n[state]\n'
         f'directory = "{base}/state"\n[sandbox]\npolicy_dir = "{base}/policies"\n'
         f'[external]\nworkers = "{base}/workers.toml"\n'
+        # (metrics beside the default port only: daemons on other ports share a host)
+        f'[metrics]\nlisten = "{f"127.0.0.1:{port + 1}" if port == DEV_PORT else ""}"\n'
     )
     return config
 
@@ -225,6 +281,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             notifier, daemon.service, daemon.reloader, state_dir=Path(config["state.directory"])
         )
         reactor.listenUNIX(str(control), ControlFactory(lifecycle.reload), mode=0o600)
+        scrape = listen_metrics(config, daemon.metrics)
     except (ConfigError, PolicyError) as exc:
         print(f"sandworker: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -241,6 +298,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     retention = config["state.retention"]  # purged at start-up, then every half of it (<= 1 h)
     task.LoopingCall(service.purge, retention).start(min(retention / 2, 3600), now=True)
     reactor.callWhenRunning(lifecycle.started)  # (after Twisted's own signal handlers)
+    if scrape is not None:
+        print(f"sandworker: metrics on {scrape.getHost().host}:{scrape.getHost().port}")
     print(f"sandworker: listening on {host}:{listening.getHost().port}", flush=True)
     reactor.run()
     notifier.send(STATUS="stopped")

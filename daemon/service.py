@@ -29,6 +29,7 @@ from .builtin import BuiltinWorker
 from .client import NEXT_SEQ_HEADER, STATE_HEADER
 from .driver import reactor
 from .http import Body, Encoded, Handler, Identity
+from .metrics import Metrics
 from .pools import Pools
 from .proxy import Proxy
 from .scheduler import Scheduler
@@ -42,6 +43,7 @@ from .tickets import (
 from .ticketstore import TicketStore
 
 MAX_LINES_PER_STATUS = 10_000
+_REFUSALS = {403: "forbidden", 409: "conflict", 507: "disk_full"}  # by status (else 400)
 log = logging.getLogger(__name__)
 
 
@@ -54,15 +56,23 @@ class ScriptService:
         scheduler: Scheduler,
         audit: AuditLog,
         *,
+        metrics: Metrics,
         pools: Pools,
         handed: Sequence[str] = (),
     ) -> None:
-        self.sandbox, self.store, self.audit = sandbox, store, audit
+        self.sandbox, self.store, self.audit, self.metrics = sandbox, store, audit, metrics
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
         self.builtin = BuiltinWorker(
-            sandbox, policies, store, scheduler, audit, end=self._end, wake=self._wake
+            sandbox,
+            policies,
+            store,
+            scheduler,
+            audit,
+            metrics=metrics,
+            end=self._end,
+            wake=self._wake,
         )
-        self.proxy = Proxy(pools, store, audit, wake=self._wake, end=self._end)
+        self.proxy = Proxy(pools, store, audit, metrics, wake=self._wake, end=self._end)
         self._handed = list(handed)  # recovered tickets still at external workers
         self.stopping = False  # SIGTERM: starts get 503 while running scripts finish
 
@@ -86,6 +96,15 @@ class ScriptService:
     async def start(
         self, request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, Body]:
+        try:
+            return await self._start(request, parts, who)
+        except Problem as problem:
+            self.metrics.refused(problem.reason or _REFUSALS.get(problem.status, "bad_request"))
+            raise
+
+    async def _start(
+        self, request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, Body]:
         ticket_id = _ticket_id(parts[0])
         start = StartRequest.parse(request.content.read() if request.content else b"")
         self._authorise(who, start.project)
@@ -98,7 +117,10 @@ class ScriptService:
             return 200, self._status_body(existing, after=-1)
         if self.stopping:
             raise Problem(
-                503, "Service Unavailable", "the worker is stopping; the script was not started"
+                503,
+                "Service Unavailable",
+                "the worker is stopping; the script was not started",
+                reason="stopping",
             )
         if self.proxy.active:  # the workers' policies decide
             ticket = self.proxy.hand_off(ticket_id, start, who.thumbprint)
@@ -185,6 +207,11 @@ class ScriptService:
         except TicketStoreError as exc:  # answer from memory; recovery gives -46 after a restart
             log.error("ticket %s: %s; its outcome is kept in memory only", ticket.id, exc)
             ticket.finish_in_memory(exit_code, reason, f"{message} (not recorded on disk: {exc})")
+        record = ticket.record
+        ended = record.completed if record.completed is not None else time.time()
+        syntax = str(ticket.request.get("syntax", ""))
+        began = record.started if record.started is not None else record.created
+        self.metrics.script_ended(syntax, exit_code, reason, ended - began)
         self.audit.record(
             Event.SCRIPT_END,
             ticket=ticket.id,

@@ -26,6 +26,7 @@ SANDWORKER = str(Path(sys.executable).with_name("sandworker"))
 class Worker:
     home: Path
     port: int
+    metrics_port: int = 0
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)  # everything the daemon printed
     headers: dict[str, str] = field(default_factory=dict)  # of the last answer to call()
@@ -138,7 +139,7 @@ def _worker(
     (home / "policies" / "p.toml").write_text(
         'version = 1\n[[project]]\nmatch = "web"\ntimeout = "20s"\nkill_grace = "1s"\n'
     )
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     if "stop_grace" not in server:  # a stop kills running scripts at once, as tests expect
         server += '\nstop_grace = "0s"'
     (home / "sandworker.toml").write_text(f"""
@@ -160,8 +161,10 @@ uid_max = {uids[1]}
 [external]
 workers = "{home}/workers.toml"
 {external}
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 """)
-    w = Worker(home, port)
+    w = Worker(home, port, metrics_port=metrics_port)
     w.start()
     try:
         yield w
