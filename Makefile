@@ -51,6 +51,7 @@ schema: $(STAMP)
 	mkdir -p config/schema
 	$(VENV)/bin/sandworker config schema > config/schema/config.v1.json
 	$(VENV)/bin/sandworker config docs > config/REFERENCE.md
+	$(VENV)/bin/sandworker metrics docs > monitoring/METRICS.md
 
 check-schema: $(STAMP)
 	$(VENV)/bin/sandworker policy schema | diff -u policies/schema/policy.v1.json - \
@@ -61,6 +62,8 @@ check-schema: $(STAMP)
 	  || { echo "config/schema/config.v1.json is stale: run 'make schema' and commit it" >&2; exit 1; }
 	$(VENV)/bin/sandworker config docs | diff -u config/REFERENCE.md - \
 	  || { echo "config/REFERENCE.md is stale: run 'make schema' and commit it" >&2; exit 1; }
+	$(VENV)/bin/sandworker metrics docs | diff -u monitoring/METRICS.md - \
+	  || { echo "monitoring/METRICS.md is stale: run 'make schema' and commit it" >&2; exit 1; }
 
 # promtool (tests check the metrics and the alerting rules with it): the binary alone,
 # taken out of Debian's prometheus package, which is not installed (no server is started).

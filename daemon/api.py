@@ -8,6 +8,7 @@ Protocol history (one line per change):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ class StartRequest:
     timeout: float | None  # seconds; None: the policy's
     wait_seconds: float
     pool: str | None = None  # the external workers' pool (a proxy only); None: `default`
+
+    @property
+    def sha256(self) -> str:
+        """Of the script's body (UTF-8), for the audit log."""
+        return hashlib.sha256(self.body.encode("utf-8", "surrogatepass")).hexdigest()
 
     def forwarded(self) -> dict[str, Any]:
         """The start as a proxy sends it on to an external worker (pools are the proxy's)."""

@@ -94,6 +94,7 @@ class BuiltinWorker:
             project=start.project,
             syntax=start.syntax,
             client=client,
+            sha256=start.sha256,
         )
         self._queued[ticket.id] = (start, ticket)
         self.scheduler.submit(
@@ -189,6 +190,11 @@ class BuiltinWorker:
             self._done(ticket, None, f"refused: {exc}")
             return
         self.metrics.script_started(start.syntax)
+        account = running.plan.spec["account"]
+        self.audit.record(
+            Event.SCRIPT_RUN, ticket=ticket.id, project=start.project,
+            uid=account[0] if account else None, gid=account[1] if account else None,
+        )  # fmt: skip
 
         def on_output(source: str, data: bytes) -> None:
             try:

@@ -1,5 +1,5 @@
-"""`sandworker config check|schema|docs` and `sandworker reload`: the daemon's configuration
-file, for sysadmins."""
+"""`sandworker config check|schema|docs`, `sandworker metrics docs` and `sandworker reload`:
+the daemon's configuration, its metrics and reloading it, for sysadmins."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     docs = commands.add_parser("docs", help="print the configuration field reference (Markdown)")
     docs.set_defaults(func=lambda _args: _print(config_reference()))
+    metrics = subparsers.add_parser("metrics", help="document the Prometheus metrics")
+    metrics_commands = metrics.add_subparsers(dest="metrics_command", required=True)
+    metrics_docs = metrics_commands.add_parser("docs", help="print the metrics reference")
+    metrics_docs.set_defaults(func=_metrics_docs)
+    audit = subparsers.add_parser("audit", help="check the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="check the audit log's hash chain and its head: exit 1 and the first bad record"
+        " if any record was edited, deleted or cut off",
+    )
+    verify.add_argument("file", nargs="?", help="default: audit.jsonl in the state directory")
+    verify.add_argument("--config", default=str(DEFAULT_CONFIG), help="the daemon's config file")
+    verify.set_defaults(func=cmd_audit_verify)
     reload = subparsers.add_parser(
         "reload",
         help="make the running daemon re-read configuration, policy, trust and workers",
@@ -84,6 +98,33 @@ def cmd_reload(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"  note: {note}")
     return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from .audit import AUDIT_FILE, verify  # noqa: PLC0415
+
+    if args.file:
+        path = Path(args.file)
+    else:
+        try:
+            path = Path(load_config(Path(args.config))["state.directory"]) / AUDIT_FILE
+        except ConfigError as error:
+            print(f"sandworker: name the audit log, or fix {args.config}:\n{error}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    try:
+        verdict = verify(path)
+    except OSError as exc:
+        print(f"sandworker: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'ok' if verdict.ok else 'BAD'}: {path}: {verdict.message}")
+    return 0 if verdict.ok else 1
+
+
+def _metrics_docs(_args: argparse.Namespace) -> int:
+    from .metrics import metrics_reference  # noqa: PLC0415 - prometheus_client only here
+
+    return _print(metrics_reference())
 
 
 def _control_socket(config: Path) -> Path:

@@ -90,10 +90,12 @@ class Pools:
         settings: CheckSettings,
         state_dir: Path,
         on_refused: Callable[[ExternalWorker, str], None],
+        on_health: Callable[[ExternalWorker, bool, str], None] = lambda *_: None,
     ) -> None:
+        """`on_health(worker, healthy, error)`: a worker went in or out of rotation."""
         self.store, self.settings = store, settings
         self._cert, self._key, self._state_dir = certificate, key, state_dir
-        self._on_refused = on_refused
+        self._on_refused, self._on_health = on_refused, on_health
         self._health: dict[tuple[str, str], Health] = {}
         self._turn = 0
         self._idle: dict[tuple[ExternalWorker, float | None], list[Client]] = {}
@@ -197,6 +199,7 @@ class Pools:
             if health.healthy is False:
                 log.warning("external worker %s is healthy again", health.worker.name)
             health.healthy = True
+            self._on_health(health.worker, True, "")
 
     def _failed(self, health: Health, error: str) -> None:
         if "thumbprint mismatch" in error and error != health.error:  # audited once a change
@@ -208,6 +211,7 @@ class Pools:
         ):
             log.warning("external worker %s is unhealthy: %s", health.worker.name, error)
             health.healthy = False
+            self._on_health(health.worker, False, error)
 
     def _write_report(self) -> None:
         report = [h.report() for h in self._health.values()]

@@ -81,6 +81,7 @@ class Proxy:
         self.metrics.script_started(start.syntax)
         self.audit.record(
             Event.SCRIPT_START, ticket=ticket.id, project=start.project, client=client,
+            syntax=start.syntax, sha256=start.sha256,
             worker=worker.address,
         )  # fmt: skip
         return ticket

@@ -57,6 +57,7 @@ class Daemon:
     audit: AuditLog
     reloader: Reloader
     metrics: Metrics
+    trust_watch: TrustWatch
 
 
 @dataclass
@@ -77,6 +78,32 @@ class _Live:
 
     def reloads(self) -> tuple[float | None, bool]:
         return self.reloader.last_success, self.reloader.last_failed
+
+
+class TrustWatch:
+    """Audits each change of the trust file (it applies at the next handshake anyway)."""
+
+    def __init__(self, trust: TrustStore, audit: AuditLog) -> None:
+        self._trust, self._audit = trust, audit
+        self._seen = self._read() or {}
+
+    def _read(self) -> dict[str, tuple[str, ...]] | None:
+        try:
+            return {str(t.sha256 or t.sha1): t.projects for t in self._trust.entries()}
+        except TrustError:  # (refused at every handshake meanwhile; a reload reports it)
+            return None
+
+    def check(self) -> None:
+        now = self._read()
+        if now is None or now == self._seen:
+            return
+        before, self._seen = self._seen, now
+        self._audit.record(
+            Event.TRUST_CHANGED,
+            added=sorted(now.keys() - before.keys()),
+            removed=sorted(before.keys() - now.keys()),
+            projects_changed=sorted(k for k in now.keys() & before.keys() if now[k] != before[k]),
+        )
 
 
 def listen_metrics(config: Config, metrics: Metrics) -> Any:
@@ -140,6 +167,7 @@ def build(config: Config) -> Daemon:
     )
     metrics.watch(_Live(service, reloader))
     trust = TrustStore(Path(config["tls.trust"]))
+    trust_watch = TrustWatch(trust, audit)
 
     def refused(prints: CertPrints, reason: str, peer: str) -> None:
         metrics.untrusted.inc()
@@ -166,7 +194,7 @@ def build(config: Config) -> Daemon:
     )
     tls = TLSMemoryBIOFactory(cast(Any, context), False, cast(Any, site))
     factory = ConnectionCap(tls, config["server.max_connections"])
-    return Daemon(factory, store, service, audit, reloader, metrics)
+    return Daemon(factory, store, service, audit, reloader, metrics, trust_watch)
 
 
 def _pools(config: Config, audit: AuditLog) -> Pools:
@@ -176,6 +204,12 @@ def _pools(config: Config, audit: AuditLog) -> Pools:
     def refused(worker: ExternalWorker, error: str) -> None:
         log.error("external worker %s refused: %s", worker.name, error)
         audit.record(Event.WORKER_REFUSED, worker=worker.address, reason=error)
+
+    def health(worker: ExternalWorker, healthy: bool, error: str) -> None:
+        audit.record(
+            Event.WORKER_HEALTH, pool=worker.pool, worker=worker.address, healthy=healthy,
+            error=error or None,
+        )  # fmt: skip
 
     settings = CheckSettings(
         interval=config["external.check_interval"],
@@ -191,6 +225,7 @@ def _pools(config: Config, audit: AuditLog) -> Pools:
         settings=settings,
         state_dir=Path(config["state.directory"]),
         on_refused=refused,
+        on_health=health,
     )
 
 
@@ -291,6 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store, service, audit = daemon.store, daemon.service, daemon.audit
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
     task.LoopingCall(_sync, store, audit).start(0.2, now=False)
+    task.LoopingCall(daemon.trust_watch.check).start(2.0, now=False)
     service.listening()
     pools = service.proxy.pools
     reactor.suggestThreadPoolSize(64)  # health checks and calls to external workers block

@@ -125,6 +125,7 @@ def _worker(
     state: str = "",
     sandbox: str = "",
     external: str = "",
+    metrics: str = "",
     uids: tuple[int, int] = (430000, 430999),
 ) -> Iterator[Worker]:
     """A started daemon; `server`, `state`, `sandbox` and `external` are extra lines for
@@ -163,6 +164,7 @@ workers = "{home}/workers.toml"
 {external}
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
+{metrics}
 """)
     w = Worker(home, port, metrics_port=metrics_port)
     w.start()

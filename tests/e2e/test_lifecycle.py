@@ -3,6 +3,7 @@ the test binds, reload (SIGHUP and `sandworker reload`) and the graceful stop.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sandworker.daemon.certs import certificate_prints
 from sandworker.sandbox.cgroups import DELEGATE_XATTR, PREFIX, SUPERVISOR, V2, own_groups
 from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
 
@@ -274,3 +276,39 @@ def test_under_delegation_the_daemon_moves_into_a_leaf_and_scripts_go_beside_it(
     assert pids and not pids & supervisor
     assert worker.pages("placed")[-1]["exit_code"] == 0
     assert not list(delegated.glob(f"{PREFIX}*"))  # removed with the run
+
+
+def test_the_daemons_audit_log_verifies_and_tampering_fails_the_command(worker: Worker) -> None:
+    body = "echo audited"
+    run = {"project": "web", "body": body, "wait_seconds": 20}
+    assert worker.call("PUT", "/v1/scripts/audited", run)[1]["exit_code"] == 0
+    worker.stop()  # (the head is written at every sync, and at the stop)
+    records = worker.audit()
+    start = next(r for r in records if r["event"] == "script.start")
+    assert start["sha256"] == hashlib.sha256(body.encode()).hexdigest()
+    ran = next(r for r in records if r["event"] == "script.run")
+    assert ran["uid"] == worker.uid_of("web")
+    path = worker.state / "audit.jsonl"
+    command = [SANDWORKER, "audit", "verify", "--config", str(worker.home / "sandworker.toml")]
+    ok = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {path}: "), ok
+    path.write_text(path.read_text().replace('"audited"', '"other"', 1))
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 1 and "was edited or deleted" in bad.stdout, bad
+
+
+def test_trust_changes_are_audited(worker: Worker) -> None:
+    stranger = certificate_prints(worker.home / "stranger.crt").sha256
+    home = ["--home", str(worker.home)]
+    added = subprocess.run(
+        [SANDWORKER, "trust", "add", stranger, *home],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        changes = [e for e in worker.audit() if e["event"] == "trust.changed"]
+        if changes:
+            break
+        time.sleep(0.2)
+    assert [(c["added"], c["removed"]) for c in changes] == [([stranger], [])], changes

@@ -147,6 +147,12 @@ def test_a_killed_worker_leaves_rotation_and_comes_back(fleet: Fleet) -> None:
     assert any(held_by(w1, f"b-{n}") for n in range(4))  # back in rotation
     listed = fleet.pool("pool", "list", "--state-dir", str(fleet.proxy.state))
     assert listed.returncode == 0 and listed.stdout.count("healthy") == 2, listed.stdout
+    changes = [
+        (e["healthy"], bool(e["error"]))
+        for e in fleet.proxy.audit()
+        if e["event"] == "worker.health" and e["worker"] == address(w1)
+    ]
+    assert changes == [(True, False), (False, True), (True, False)], changes  # in, out, back
 
 
 def test_a_start_may_name_a_pool(fleet: Fleet) -> None:
