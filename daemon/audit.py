@@ -4,7 +4,8 @@ It answers a security team's questions after the fact: which certificate tried
 to connect and was refused, which client started, cancelled or completed which
 ticket for which project, how each script ended, and when the daemon started
 and stopped. Ticket records are purged after their retention; audit lines are
-not (rotate the file with logrotate's `copytruncate`, or ship it).
+not (rotate the file with logrotate's `copytruncate` and keep the rotated files:
+`verify` checks them, oldest first, as one chain).
 
 Each record: `seq` (1, 2, ...), `time` (RFC 3339, UTC), `event` (a name from
 `Event`), the event's fields, and `prev`: the SHA-256 of the previous record's line
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,12 @@ class AuditLog:
     def _resume(self) -> tuple[int, str]:
         """The last record's number and hash, to chain on from."""
         size = os.fstat(self._fd).st_size
-        if size == 0:
-            return 0, GENESIS
+        if size == 0:  # new, or emptied by a rotation: on from the head's last record
+            try:
+                head = json.loads(self.head_path.read_text())
+                return int(head["records"]), str(head["sha256"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return 0, GENESIS
         start = max(0, size - TAIL_BYTES)
         tail = os.pread(self._fd, size - start, start)
         if not tail.endswith(b"\n"):  # a torn write: left for `verify` to report
@@ -131,12 +137,13 @@ class Verdict:
     message: str
 
 
-def verify(path: Path) -> Verdict:
-    """Check the chain of `path` and its head file; name the first bad record."""
+def verify(path: Path, *earlier: Path) -> Verdict:
+    """Check the chain of `path` (after the rotated files `earlier`, oldest first) and its
+    head file; name the first bad record."""
     seq = 0
     try:
-        seq = _check_chain(path)
-        return Verdict(True, seq, _check_head(path, seq))
+        seq = _check_chain([*earlier, path])
+        return Verdict(True, seq, _check_head([*earlier, path], seq))
     except _Bad as bad:
         return Verdict(False, bad.records, str(bad))
 
@@ -147,30 +154,39 @@ class _Bad(Exception):
         self.records = records
 
 
-def _check_chain(path: Path) -> int:
+def _lines(paths: list[Path]) -> Iterator[tuple[int, bytes]]:
+    """(record number, raw line) across the files, in order."""
+    number = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            for raw in f:
+                number += 1
+                yield number, raw
+
+
+def _check_chain(paths: list[Path]) -> int:
     prev, seq = GENESIS, 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.rstrip(b"\n")
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = None
-            if not isinstance(entry, dict) or not raw.endswith(b"\n"):
-                raise _Bad(seq, f"record {number} (line {number}) is not a whole JSON record:"
-                           " edited, or torn by a crash")  # fmt: skip
-            if entry.get("seq") != number:
-                raise _Bad(seq, f"line {number} holds record {entry.get('seq')}: records"
-                           " before it were deleted or moved")  # fmt: skip
-            if entry.get("prev") != prev:
-                raise _Bad(seq, f"record {number - 1} was edited or deleted: record {number}"
-                           f" chains to {entry.get('prev')}, not {prev}")  # fmt: skip
-            prev, seq = line_hash(line), number
+    for number, raw in _lines(paths):
+        line = raw.rstrip(b"\n")
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or not raw.endswith(b"\n"):
+            raise _Bad(seq, f"record {number} (line {number}) is not a whole JSON record:"
+                       " edited, or torn by a crash")  # fmt: skip
+        if entry.get("seq") != number:
+            raise _Bad(seq, f"line {number} holds record {entry.get('seq')}: records"
+                       " before it were deleted or moved")  # fmt: skip
+        if entry.get("prev") != prev:
+            raise _Bad(seq, f"record {number - 1} was edited or deleted: record {number}"
+                       f" chains to {entry.get('prev')}, not {prev}")  # fmt: skip
+        prev, seq = line_hash(line), number
     return seq
 
 
-def _check_head(path: Path, seq: int) -> str:
-    head = path.with_name(HEAD_FILE)
+def _check_head(paths: list[Path], seq: int) -> str:
+    head = paths[-1].with_name(HEAD_FILE)
     try:
         anchor = json.loads(head.read_text())
         records, sha = int(anchor["records"]), str(anchor["sha256"])
@@ -180,16 +196,15 @@ def _check_head(path: Path, seq: int) -> str:
         raise _Bad(seq, f"{head} is unreadable: {exc}") from None
     if seq < records:
         raise _Bad(seq, f"truncated: {head} says {records} records, the file has {seq}")
-    if _hash_of(path, records) != sha:
+    if _hash_of(paths, records) != sha:
         raise _Bad(seq, f"record {records} differs from the one {head} recorded")
     return f"{seq} records, chain intact, the end matches {HEAD_FILE}"
 
 
-def _hash_of(path: Path, number: int) -> str:
+def _hash_of(paths: list[Path], number: int) -> str:
     if number == 0:
         return GENESIS
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if n == number:
-                return line_hash(raw.rstrip(b"\n"))
+    for n, raw in _lines(paths):
+        if n == number:
+            return line_hash(raw.rstrip(b"\n"))
     return ""

@@ -20,8 +20,8 @@ from sandworker.sandbox.runner import Request, Sandbox
 from sandworker.sandbox.settings import DEFAULT_INTERPRETERS, SandboxSettings, default_state_dir
 from sandworker.sandbox.syntaxes import SYNTAXES
 
-from . import cli_certs, cli_client, cli_config, cli_policy, cli_workers
-from .config import DEFAULT_CONFIG
+from . import cli_certs, cli_client, cli_config, cli_policy, cli_workers, daemonize
+from .config import DEFAULT_CONFIG, ConfigError
 
 # Exit codes of `sandbox run` when the script did not simply exit (documented in --help).
 EXIT_REFUSED, EXIT_SETUP, EXIT_TIMEOUT = 3, 125, 124
@@ -157,9 +157,16 @@ def _builtin_worker(config_path: Path) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    ready = None
+    if args.daemonize:  # before Twisted is imported: its reactor's descriptors would be closed
+        try:
+            ready = daemonize.start(args)
+        except (ConfigError, daemonize.PidFileError, OSError) as exc:
+            print(f"sandworker: cannot start: {exc}", file=sys.stderr)
+            return daemonize.EXIT_START
     from .serve import cmd_serve  # noqa: PLC0415 - Twisted and TLS load only for the daemon
 
-    return cmd_serve(args)
+    return cmd_serve(args, ready)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "-v", "--verbose", action="store_true", help="debug lines too, one per HTTP request"
     )
+    serve.add_argument(
+        "--daemonize",
+        action="store_true",
+        help="detach (hosts without systemd; needs --pidfile): the command returns once the"
+        " daemon is ready, or with its start-up error",
+    )
+    serve.add_argument("--pidfile", help="with --daemonize: the pidfile, locked while it runs")
+    serve.add_argument("--log-file", help="with --daemonize: where the log goes (0600)")
     serve.set_defaults(func=_serve)
     return parser
 

@@ -48,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " if any record was edited, deleted or cut off",
     )
     verify.add_argument("file", nargs="?", help="default: audit.jsonl in the state directory")
+    verify.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        metavar="ROTATED",
+        help="a rotated file that comes before it (repeat, oldest first)",
+    )
     verify.add_argument("--config", default=str(DEFAULT_CONFIG), help="the daemon's config file")
     verify.set_defaults(func=cmd_audit_verify)
     reload = subparsers.add_parser(
@@ -113,7 +120,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
     try:
-        verdict = verify(path)
+        verdict = verify(path, *map(Path, args.after))
     except OSError as exc:
         print(f"sandworker: cannot read {path}: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from .audit import AUDIT_FILE, AuditLog, Event
 from .certs import CertPrints, certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
 from .control import ControlFactory, Reloader, clear_stale_socket
+from .daemonize import Ready
 from .http import ConnectionCap, Router, make_site, metrics_site
 from .lifecycle import Lifecycle
 from .metrics import CONTENT_TYPE, Metrics
@@ -290,18 +291,21 @@ def _keep_large_buffers() -> None:
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _dev(args: argparse.Namespace) -> None:
+    args.config = str(dev_home(Path.cwd() / "dev-home"))
+    mode = "full isolation (root)" if os.geteuid() == 0 else "unprivileged layers only (not root)"
+    print(
+        f"sandworker: development mode, {mode}; try, in another shell:\n"
+        f"  {sys.executable.rsplit('/', 1)[0]}/sandworker script run --profile"
+        f" {Path(args.config).parent}/profile.toml --project demo -c 'id; echo hello'",
+        flush=True,
+    )
+
+
+def cmd_serve(args: argparse.Namespace, ready: Ready | None = None) -> int:
+    """The daemon; `ready` hears from it once it is (a detached daemon's, cli.py)."""
     if args.dev:
-        args.config = str(dev_home(Path.cwd() / "dev-home"))
-        mode = (
-            "full isolation (root)" if os.geteuid() == 0 else "unprivileged layers only (not root)"
-        )
-        print(
-            f"sandworker: development mode, {mode}; try, in another shell:\n"
-            f"  {sys.executable.rsplit('/', 1)[0]}/sandworker script run --profile"
-            f" {Path(args.config).parent}/profile.toml --project demo -c 'id; echo hello'",
-            flush=True,
-        )
+        _dev(args)
     notifier = Notifier.from_environment()  # first: nothing the daemon starts inherits it
     start_logging(verbose=args.verbose)
     _keep_large_buffers()
@@ -318,11 +322,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reactor.listenUNIX(str(control), ControlFactory(lifecycle.reload), mode=0o600)
         scrape = listen_metrics(config, daemon.metrics)
     except (ConfigError, PolicyError) as exc:
-        print(f"sandworker: invalid configuration:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _refuse(f"sandworker: invalid configuration:\n{exc}", ready)
     except (TicketStoreError, TrustError, WorkerError, OSError, CannotListenError) as exc:
-        print(f"sandworker: cannot start: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _refuse(f"sandworker: cannot start: {exc}", ready)
     store, service, audit = daemon.store, daemon.service, daemon.audit
     reactor.addSystemEventTrigger("before", "shutdown", service.shutdown)
     task.LoopingCall(_sync, store, audit).start(0.2, now=False)
@@ -337,6 +339,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if scrape is not None:
         print(f"sandworker: metrics on {scrape.getHost().host}:{scrape.getHost().port}")
     print(f"sandworker: listening on {host}:{listening.getHost().port}", flush=True)
+    if ready is not None:
+        ready.say(f"ready: pid {os.getpid()}, listening on {host}:{listening.getHost().port}")
     reactor.run()
     notifier.send(STATUS="stopped")
     with contextlib.suppress(OSError):
@@ -346,6 +350,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store.close()
     audit.close()
     return 0
+
+
+def _refuse(message: str, ready: Ready | None) -> int:
+    print(message, file=sys.stderr)
+    if ready is not None:
+        ready.say(message)
+    return EXIT_CONFIG
 
 
 def _sync(store: TicketStore, audit: AuditLog) -> None:

@@ -64,6 +64,12 @@ CAP_KILL = 5
 _layer = "launcher"
 
 
+# The root this process builds (directories 0755) and the script itself get this umask, not
+# the supervisor's: under systemd that is UMask=0077, which would leave the private root
+# untraversable by the project's account. Scripts start with 022, as a login shell does.
+SCRIPT_UMASK = 0o022
+
+
 def fail(message: str) -> None:
     """Report a setup failure on the status pipe and leave without cleanup handlers."""
     try:
@@ -317,6 +323,7 @@ def launch(spec: LaunchSpec) -> None:
     descriptor 7. Nothing forks or execs before that byte: every process of the
     run starts inside its cgroups.
     """
+    os.umask(SCRIPT_UMASK)  # whatever the supervisor's (the unit's UMask=0077): see below
     step("namespaces")
     enter_namespaces(spec)
     if "mount" in spec["namespaces"]:

@@ -312,3 +312,11 @@ def test_trust_changes_are_audited(worker: Worker) -> None:
             break
         time.sleep(0.2)
     assert [(c["added"], c["removed"]) for c in changes] == [([stranger], [])], changes
+
+
+def test_the_units_umask_0077_does_not_reach_scripts(worker: Worker) -> None:
+    worker.stop()
+    worker.start(wrapper=["/bin/sh", "-c", 'umask 077 && exec "$@"', "umask"])
+    body = "umask; echo x > f; stat -c %a f"
+    done = worker.call("PUT", "/v1/scripts/u", {"project": "web", "body": body, "wait_seconds": 20})
+    assert (done[1]["exit_code"], lines(done[1])) == (0, ["0022", "644"]), done

@@ -85,3 +85,15 @@ def test_a_torn_record_is_reported_and_the_log_goes_on(log_path: Path) -> None:
     audit.close()
     verdict = verify(log_path)
     assert not verdict.ok and "record 6 (line 6) is not a whole JSON record" in verdict.message
+
+
+def test_a_log_rotated_by_copytruncate_verifies_with_its_rotated_files(log_path: Path) -> None:
+    rotated = log_path.with_name("audit.jsonl.1")
+    rotated.write_bytes(log_path.read_bytes())  # logrotate's copytruncate
+    log_path.write_bytes(b"")
+    audit = AuditLog(log_path)
+    audit.record(Event.DAEMON_START, pid=1)  # (a running daemon chains on from memory)
+    audit.close()
+    assert not verify(log_path).ok  # alone, its first record follows others
+    verdict = verify(log_path, rotated)
+    assert verdict.ok and verdict.records == 6, verdict
