@@ -86,8 +86,27 @@ def test_uid_range_order_is_checked(tmp_path: Path) -> None:
 
 def test_schema_and_reference_come_from_the_same_fields() -> None:
     schema = config_schema()
-    assert set(schema["properties"]) == {"server", "tls", "state", "sandbox", "external"}
+    tables = {"server", "tls", "state", "sandbox", "external", "metrics"}
+    assert set(schema["properties"]) == tables
     assert "max_concurrent" in config_reference()
+    assert "tls_server_config" in schema["properties"]["metrics"]["properties"]
+
+
+def test_metrics_tls_needs_its_key_and_a_client_ca(tmp_path: Path) -> None:
+    bad = write(tmp_path, '[metrics.tls_server_config]\ncert_file = "/etc/m.crt"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(bad)
+    text = str(error.value)
+    assert f"{bad}:2 metrics.tls_server_config.key_file: is needed with cert_file" in text
+    assert "metrics.tls_server_config.client_ca_file: is needed with cert_file" in text
+    ok = write(
+        tmp_path,
+        '[metrics.tls_server_config]\ncert_file = "/m.crt"\nkey_file = "/m.key"\n'
+        'client_auth_type = "NoClientCert"\n',
+    )
+    assert load_config(ok)["metrics.tls_server_config.client_auth_type"] == "NoClientCert"
+    off = write(tmp_path, '[metrics]\nlisten = ""\n')
+    assert load_config(off)["metrics.listen"] == ""
 
 
 def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
