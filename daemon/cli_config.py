@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check the audit log's hash chain and its head: exit 1 and the first bad record"
         " if any record was edited, deleted or cut off",
     )
-    verify.add_argument("file", nargs="?", help="default: audit.jsonl in the state directory")
+    verify.add_argument("file", nargs="?", help="default: the config's state.audit_log")
     verify.add_argument(
         "--after",
         action="append",
@@ -108,13 +108,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .audit import AUDIT_FILE, verify  # noqa: PLC0415
+    from .audit import verify  # noqa: PLC0415
 
     if args.file:
         path = Path(args.file)
     else:
         try:
-            path = Path(load_config(Path(args.config))["state.directory"]) / AUDIT_FILE
+            path = load_config(Path(args.config)).audit_log
         except ConfigError as error:
             print(f"sandworker: name the audit log, or fix {args.config}:\n{error}",
                   file=sys.stderr)  # fmt: skip

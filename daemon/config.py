@@ -144,6 +144,14 @@ STATE = (
         default="1d",
         minimum=60,
     ),
+    Field(
+        "audit_log",
+        Kind.STR,
+        "The audit log (its `audit.head` beside it); empty: `audit.jsonl` in the state directory.",
+        default="",
+        validator=lambda v: None if not v or v.startswith("/") else "must be an absolute path",
+        example="/var/log/sandworker/audit.jsonl",
+    ),
 )
 SANDBOX = (
     Field(
@@ -305,6 +313,10 @@ class Config:
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
+
+    @property
+    def audit_log(self) -> Path:
+        return Path(self["state.audit_log"] or Path(self["state.directory"]) / "audit.jsonl")
 
     @property
     def control_socket(self) -> Path:

@@ -24,7 +24,7 @@ from sandworker.sandbox.cgroups import sweep
 from sandworker.sandbox.policy import PolicyError, PolicySet, load_policies
 from sandworker.sandbox.runner import Sandbox
 
-from .audit import AUDIT_FILE, AuditLog, Event
+from .audit import AuditLog, Event
 from .certs import CertPrints, certificate_prints, write_pair
 from .config import Config, ConfigError, load_config
 from .control import ControlFactory, Reloader, clear_stale_socket
@@ -134,7 +134,8 @@ def build(config: Config) -> Daemon:
     policies: PolicySet = load_policies([Path(config["sandbox.policy_dir"])])
     state = Path(config["state.directory"])
     store = TicketStore(state / "tickets")  # first: it creates and checks the state directory
-    audit = AuditLog(state / AUDIT_FILE)
+    config.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    audit = AuditLog(config.audit_log)
     audit.record(Event.DAEMON_START, version=__version__, pid=os.getpid())
     sandbox = Sandbox(config.sandbox_settings())
     for name in sweep(sandbox.host.hierarchy, sandbox.cgroup_tag):  # before any script runs
