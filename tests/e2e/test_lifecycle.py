@@ -19,6 +19,7 @@ import pytest
 from sandworker.daemon.certs import certificate_prints
 from sandworker.sandbox.cgroups import DELEGATE_XATTR, PREFIX, SUPERVISOR, V2, own_groups
 from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
+from tests.e2e.test_metrics import scrape
 
 POLICY = 'version = 1\n[[project]]\nmatch = "web"\ntimeout = "20s"\nkill_grace = "1s"\n'
 
@@ -191,6 +192,9 @@ def test_reload_applies_policy_keeps_running_scripts_and_refuses_a_bad_file(
     again = {**run, "body": "echo still"}  # the last good policy stands
     assert worker.call("PUT", "/v1/scripts/still", again)[1]["exit_code"] == 0
     assert "reload failed" in worker.log
+    scraped = scrape(worker).splitlines()
+    assert "sandworker_reload_failing 1.0" in scraped
+    assert "sandworker_reload_failures_total 1.0" in scraped
     audit = [e for e in worker.audit() if e["event"] == "daemon.reload"]
     assert [e["ok"] for e in audit] == [True, False]
     assert any("timeout" in p for p in audit[1]["problems"])
@@ -320,3 +324,19 @@ def test_the_units_umask_0077_does_not_reach_scripts(worker: Worker) -> None:
     body = "umask; echo x > f; stat -c %a f"
     done = worker.call("PUT", "/v1/scripts/u", {"project": "web", "body": body, "wait_seconds": 20})
     assert (done[1]["exit_code"], lines(done[1])) == (0, ["0022", "644"]), done
+
+
+def test_no_watchdog_while_the_state_directory_is_gone(notified: tuple[Worker, Systemd]) -> None:
+    worker, systemd = notified
+    systemd.wait_for("READY", "1")
+    systemd.wait_for("WATCHDOG", "1")
+    moved = worker.state.with_name("moved-away")
+    worker.state.rename(moved)
+    try:
+        time.sleep(0.5)  # (a message sent before the move may still be in the queue)
+        seen = len(systemd.messages)
+        time.sleep(1.5)  # seven intervals of 0.2 s
+        assert not [m for m in systemd.messages[seen:] if "WATCHDOG" in m]
+    finally:
+        moved.rename(worker.state)
+    systemd.wait_for("WATCHDOG", "1")  # healthy again
