@@ -31,6 +31,7 @@ OPERATIONS = {  # the registry: method, path pattern -> operation name
 
 MAX_SCRIPT_BYTES = 512 * 1024
 MAX_ARGUMENTS, MAX_ARGUMENT_BYTES = 256, 32 * 1024
+MAX_VARIABLES, MAX_VARIABLE_NAME = 10_000, 256
 MAX_WAIT_SECONDS = 60.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -80,6 +81,12 @@ class StartRequest:
     timeout: float | None  # seconds; None: the policy's
     wait_seconds: float
     pool: str | None = None  # the external workers' pool (a proxy only); None: `default`
+    variables: tuple[Variable, ...] = ()  # for the script's helpers (sandbox/bootstrap.py)
+
+    @property
+    def sensitive(self) -> tuple[str, ...]:
+        """The values that must never appear in a log line."""
+        return tuple(v.value for v in self.variables if v.sensitive and v.value)
 
     @property
     def sha256(self) -> str:
@@ -115,6 +122,7 @@ class StartRequest:
             "timeout",
             "wait_seconds",
             "pool",
+            "variables",
         }
         unknown = sorted(set(doc) - known)
         if unknown:
@@ -153,7 +161,40 @@ class StartRequest:
             timeout=timeout,
             wait_seconds=_seconds(doc, "wait_seconds", 0.0, low=0, high=MAX_WAIT_SECONDS) or 0.0,
             pool=validate_name("pool", doc["pool"]) if "pool" in doc else None,
+            variables=_variables(doc.get("variables", [])),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    name: str
+    value: str
+    sensitive: bool = False
+
+
+def _variables(raw: object) -> tuple[Variable, ...]:
+    """`variables`: [{"name", "value", "sensitive"?}], names unique, all UTF-8 text."""
+    shape = 'variables must be a list of {"name": str, "value": str, "sensitive": bool}'
+    if not isinstance(raw, list) or len(raw) > MAX_VARIABLES:
+        raise bad_request(f"{shape}, at most {MAX_VARIABLES}")
+    found: dict[str, Variable] = {}
+    for item in raw:
+        if not isinstance(item, dict) or set(item) - {"name", "value", "sensitive"}:
+            raise bad_request(shape)
+        name, value = item.get("name"), item.get("value", "")
+        sensitive = item.get("sensitive", False)
+        if not isinstance(name, str) or not isinstance(value, str) or type(sensitive) is not bool:
+            raise bad_request(shape)
+        if not 0 < len(name) <= MAX_VARIABLE_NAME or name in found:
+            raise bad_request(f"variable names must be unique, 1-{MAX_VARIABLE_NAME} characters")
+        try:
+            (name + value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(f"variable {name!r} is not valid Unicode text") from None
+        if "\0" in name + value:
+            raise bad_request(f"variable {name!r} contains a NUL character")
+        found[name] = Variable(name, value, sensitive)
+    return tuple(found.values())
 
 
 def _get(doc: dict[str, Any], name: str, kind: type, default: Any) -> Any:

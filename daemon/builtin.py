@@ -182,7 +182,12 @@ class BuiltinWorker:
             policy = dataclasses.replace(policy, timeout_seconds=timeout)
         self._said.pop(ticket.id, None)
         request = Request(
-            start.project, run_id(ticket.id), start.syntax, start.body, start.arguments
+            start.project,
+            run_id(ticket.id),
+            start.syntax,
+            start.body,
+            start.arguments,
+            variables=tuple((v.name, v.value, v.sensitive) for v in start.variables),
         )
         try:
             running = self.sandbox.start(request, policy)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .accounts import Account, Accounts
+from .bootstrap import BOOTSTRAP, Variable, files_for
 from .cgroups import ScriptGroup, instance_tag
 from .effective import EffectivePolicy
 from .host import HostSupport, probe
@@ -44,6 +45,7 @@ class Request:
     body: str | None = None
     arguments: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
+    variables: tuple[Variable, ...] = ()  # (name, value, sensitive): bootstrap.py
 
 
 OutputSink = Callable[[str, bytes], None]  # (source: "stdout"/"stderr"/"debug", data)
@@ -151,11 +153,17 @@ class Sandbox:
                 raise Refused(str(exc)) from None
             syntax = SYNTAXES[request.syntax]
             files[syntax.filename] = (request.body or "").encode()
+            files |= files_for(request.syntax, request.variables)
             argv = []  # filled below, once the run directory is known
         dirs = self.workspaces.create_run(request.project, request.run_id, owner, files)
         if not argv:
-            script = str(dirs.cwd / SYNTAXES[request.syntax].filename)
-            argv = SYNTAXES[request.syntax].argv(interp, script, list(request.arguments))
+            name = SYNTAXES[request.syntax].filename
+            args = list(request.arguments)
+            if request.syntax in BOOTSTRAP:  # the helpers first, then the script
+                script, args = str(dirs.cwd / BOOTSTRAP[request.syntax]), [name, *args]
+            else:
+                script = str(dirs.cwd / name)
+            argv = SYNTAXES[request.syntax].argv(interp, script, args)
         plan = build(self.settings, policy, self.host, account=owner, dirs=dirs, argv=argv)
         return self._spawn(plan, policy, owner, dirs, request.run_id)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .accounts import Account
+from .atomic import write_all
 from .projects import validate_project
 
 REMOVER = Path(__file__).with_name("remover.py")
@@ -141,7 +142,7 @@ class Workspaces:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
                 fd = os.open(name, flags, 0o600, dir_fd=run_fd)
                 try:
-                    os.write(fd, data)
+                    write_all(fd, data)
                     os.fchown(fd, account.uid, account.gid)
                 finally:
                     os.close(fd)

@@ -1,0 +1,155 @@
+"""Calamari's script helpers (notes/octopus.md section 4), loaded before the user script.
+
+For bash, sh and python the run directory gets a bootstrap and the variables file, both
+the project account's and 0600: the interpreter runs the bootstrap, which defines the
+helpers and then runs the script in the same process (sourced, or run as `__main__`),
+with the script's own arguments. Variables never travel on a command line.
+
+The helpers speak in service messages, `##octopus[name attr='base64' ...]` lines on
+stdout, which the supervisor reads (daemon/servicemessages.py): set_octopusvariable,
+new_octopusartifact, fail_step, update_progress, write_verbose|highlight|wait|warning,
+and, for values the script learns itself, `##octopus[mask value='...']`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+
+VARIABLES_SH = ".octopus.variables"  # "base64(name) base64(value)" lines
+VARIABLES_PY = ".octopus.variables.json"
+BOOTSTRAP = {"bash": ".octopus.bootstrap.sh", "sh": ".octopus.bootstrap.sh",
+             "python": ".octopus.bootstrap.py"}  # fmt: skip
+
+Variable = tuple[str, str, bool]  # (name, value, sensitive)
+
+# POSIX sh (dash runs it too). `base64` comes from the read-only system directories.
+_SH = r"""# sandworker: Calamari's bash helpers, then the script (sourced, with its arguments).
+__octopus_b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
+__octopus_dir=$(dirname -- "$0")
+get_octopusvariable() {
+  __want=$(__octopus_b64 "$1")
+  while read -r __n __v; do
+    if [ "$__n" = "$__want" ]; then printf '%s' "$__v" | base64 -d; return 0; fi
+  done < "$__octopus_dir/.octopus.variables"
+  return 0
+}
+set_octopusvariable() {
+  __s=""
+  if [ "${3:-}" = "-sensitive" ]; then __s=" sensitive='$(__octopus_b64 True)'"; fi
+  echo "##octopus[setVariable name='$(__octopus_b64 "$1")' value='$(__octopus_b64 "$2")'$__s]"
+}
+new_octopusartifact() {
+  __p=$(realpath -m -- "$1"); __name=${2:-$(basename -- "$1")}
+  __len=$(stat -c %s -- "$__p" 2>/dev/null || echo 0)
+  __a="path='$(__octopus_b64 "$__p")' name='$(__octopus_b64 "$__name")'"
+  echo "##octopus[createArtifact $__a length='$(__octopus_b64 "$__len")']"
+}
+fail_step() {
+  if [ -n "${1:-}" ]; then echo "##octopus[resultMessage message='$(__octopus_b64 "$1")']"; fi
+  exit 1
+}
+update_progress() {
+  echo "##octopus[progress percentage='$(__octopus_b64 "$1")' message='$(__octopus_b64 "${2:-}")']"
+}
+__octopus_level() { echo "##octopus[stdout-$1]"; echo "$2"; echo "##octopus[stdout-default]"; }
+write_verbose() { __octopus_level verbose "$1"; }
+write_highlight() { __octopus_level highlight "$1"; }
+write_wait() { __octopus_level wait "$1"; }
+write_warning() { __octopus_level warning "$1"; }
+__octopus_script=$1
+shift
+. "$__octopus_dir/$__octopus_script"
+"""
+
+_PY = r"""# sandworker: Calamari's python helpers, then the script as __main__, with its arguments.
+import base64 as _b64
+import json as _json
+import os as _os
+import runpy as _runpy
+import sys as _sys
+
+_here = _os.path.dirname(_os.path.abspath(__file__))
+with open(_os.path.join(_here, ".octopus.variables.json"), encoding="utf-8") as _f:
+    _variables = _json.load(_f)
+
+
+def _enc(value):
+    return _b64.b64encode(str(value).encode("utf-8")).decode("ascii")
+
+
+def _message(name, **attrs):
+    inside = " ".join(f"{k}='{_enc(v)}'" for k, v in attrs.items())
+    print(f"##octopus[{name}{' ' if inside else ''}{inside}]", flush=True)
+
+
+def get_octopusvariable(name):
+    return _variables.get(name, "")
+
+
+def set_octopusvariable(name, value, sensitive=False):
+    if sensitive:
+        _message("setVariable", name=name, value=value, sensitive="True")
+    else:
+        _message("setVariable", name=name, value=value)
+
+
+def createartifact(path, name=None):
+    path = _os.path.abspath(path)
+    length = _os.path.getsize(path) if _os.path.exists(path) else 0
+    _message("createArtifact", path=path, name=name or _os.path.basename(path), length=length)
+
+
+def updateprogress(progress, message=None):
+    _message("progress", percentage=progress, message=message or "")
+
+
+def failstep(message=None):
+    if message:
+        _message("resultMessage", message=message)
+    _sys.exit(1)
+
+
+def _level(level, message):
+    print(f"##octopus[stdout-{level}]", flush=True)
+    print(message, flush=True)
+    print("##octopus[stdout-default]", flush=True)
+
+
+def printverbose(message):
+    _level("verbose", message)
+
+
+def printhighlight(message):
+    _level("highlight", message)
+
+
+def printwait(message):
+    _level("wait", message)
+
+
+def printwarning(message):
+    _level("warning", message)
+
+
+_helpers = {f.__name__: f for f in (get_octopusvariable, set_octopusvariable, createartifact,
+            updateprogress, failstep, printverbose, printhighlight, printwait, printwarning)}
+_script = _os.path.join(_here, _sys.argv[1])
+_sys.argv = [_script, *_sys.argv[2:]]
+_runpy.run_path(_script, init_globals=_helpers, run_name="__main__")
+"""
+
+
+def files_for(syntax: str, variables: Sequence[Variable]) -> dict[str, bytes]:
+    """The bootstrap and variables file of a syntax (none for one without helpers)."""
+    if syntax in ("bash", "sh"):
+        lines = b"".join(
+            base64.b64encode(name.encode()) + b" " + base64.b64encode(value.encode()) + b"\n"
+            for name, value, _sensitive in variables
+        )
+        return {BOOTSTRAP[syntax]: _SH.encode(), VARIABLES_SH: lines}
+    if syntax == "python":
+        doc = {name: value for name, value, _sensitive in variables}
+        return {BOOTSTRAP[syntax]: _PY.encode(), VARIABLES_PY: json.dumps(doc).encode()}
+    return {}
