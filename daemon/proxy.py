@@ -206,6 +206,7 @@ class Proxy:
             return ticket.next_seq, True
         ticket.note = ""  # reached again
         try:
+            ticket.adopt_outputs(doc)
             added = ticket.copy_lines(list(doc.get("logs", [])))
             if doc.get("state") == "running" and ticket.state is State.PENDING:
                 ticket.running()  # (a first answer that is already the end skips this)

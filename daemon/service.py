@@ -269,6 +269,10 @@ class ScriptService:
             "exit_code": ticket.exit_code if final else None,
             "message": ticket.message if final and ticket.complete else ticket.note,
             "next_seq": next_seq,
+            "output_variables": ticket.record.outputs,
+            "artifacts": ticket.record.artifacts,
+            "progress": ticket.record.progress,
+            "result_message": ticket.record.result_message,
         }
         body = b"".join((json.dumps(head)[:-1].encode(), b', "logs": ', logs, b"}\n"))
         return Encoded(body, {STATE_HEADER: str(state).encode(), NEXT_SEQ_HEADER: b"%d" % next_seq})

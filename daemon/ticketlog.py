@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
-from typing import TypedDict, cast
+from typing import NotRequired, Protocol, TypedDict, cast
 
 LOG_FILE = "log.jsonl"
 MAX_LINE_BYTES = 16 * 1024  # longer lines are split into several
@@ -35,6 +35,7 @@ _READ_CHUNK = 256 * 1024
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # of stored entries in one status answer; an entry is < 100 KiB
 # One line of log.jsonl; the text is quoted by the JSON encoder, so it is always one JSON string.
 _ENTRY = '{"seq": %%d, "source": "%s", "time": "%s", "text": "%%b"}\n'
+_ENTRY_LEVEL = '{"seq": %%d, "source": "%s", "level": "%s", "time": "%s", "text": "%%b"}\n'
 # The bytes that stand for themselves inside a JSON string: printable ASCII but `"` and `\\`.
 _PLAIN = bytes(b for b in range(0x20, 0x80) if b not in b'"\\') + b"\n"
 _quote = encode_basestring  # the C encoder of one JSON string, non-ASCII kept as is
@@ -51,8 +52,16 @@ class Source(enum.StrEnum):
 class LogLine(TypedDict):
     seq: int
     source: str
+    level: NotRequired[str]  # only when not "default"
     time: str
     text: str
+
+
+def _entry(source: Source, level: str, stamp: str) -> bytes:
+    """The template of a line: `%d` (seq) and `%b` (the escaped text) left to fill."""
+    if level == "default":
+        return (_ENTRY % (str(source), stamp)).encode()
+    return (_ENTRY_LEVEL % (str(source), level, stamp)).encode()
 
 
 def rfc3339(timestamp: float) -> str:
@@ -79,6 +88,21 @@ def _cut(raw: bytes, limit: int) -> list[bytes]:
         raw = raw[cut:]
     pieces.append(raw)
     return pieces
+
+
+class RawMask(Protocol):
+    """Secrets to take out of raw output before it is framed (servicemessages.Masker)."""
+
+    longest: int
+
+    def mask_raw(self, data: bytes) -> bytes: ...
+
+
+def _boundary(raw: bytes, at: int) -> int:
+    """`at`, moved back to the start of a UTF-8 character."""
+    while 0 < at < len(raw) and raw[at] & 0xC0 == 0x80:
+        at -= 1
+    return at
 
 
 def escape(lines: list[bytes]) -> list[bytes]:
@@ -109,8 +133,8 @@ class LineFramer:
     decoding or escaping: its lines are returned as they are (C-level checks only).
     """
 
-    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
-        self._limit = limit
+    def __init__(self, limit: int = MAX_LINE_BYTES, mask: RawMask | None = None) -> None:
+        self._limit, self._mask = limit, mask
         self._partial = b""
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -118,20 +142,28 @@ class LineFramer:
         end = buffered.rfind(b"\n") + 1
         whole, rest = buffered[: end - 1], buffered[end:]
         lines: list[bytes] = []
+        hold = 0
+        if self._mask is not None and self._mask.longest:  # secrets go before lines are cut
+            whole, rest = self._mask.mask_raw(whole), self._mask.mask_raw(rest)
+            hold = self._mask.longest - 1  # a secret may be arriving at the end of `rest`
         if end:
             lines = whole.split(b"\n")
             if whole.translate(None, _PLAIN) or max(map(len, lines)) > self._limit:
                 limit = self._limit
                 lines = escape([p for line in lines for p in _cut(line.removesuffix(b"\r"), limit)])
-        if len(rest) > self._limit:
-            *cut, rest = _cut(rest, self._limit)
+        if len(rest) > self._limit + hold:
+            keep = _boundary(rest, len(rest) - hold)
+            *cut, last = _cut(rest[:keep], self._limit)
             lines += escape(cut)
+            rest = last + rest[keep:]
         self._partial = rest
         return lines
 
     def flush(self) -> list[bytes]:
         rest, self._partial = self._partial, b""
-        return escape([rest]) if rest else []
+        if self._mask is not None:
+            rest = self._mask.mask_raw(rest)
+        return escape(_cut(rest, self._limit)) if rest else []
 
 
 class TicketLog:
@@ -177,28 +209,29 @@ class TicketLog:
     def count(self) -> int:
         return self._count
 
-    def append(self, source: Source, quoted: list[bytes]) -> int:
+    def append(self, source: Source, quoted: list[bytes], level: str = "default") -> int:
         """Write lines, each already escaped (`escape`, `LineFramer`), in one `write()`; on
-        failure nothing of them stays in the file."""
+        failure nothing of them stays in the file. A `level` other than default (a
+        service message's stdout-verbose, ...) is a field of each line."""
         if self._fd is None:
             raise ValueError("the log is closed")
         if not quoted:
             return 0
         # One template per call, then C-level loops: this is the hot path of a chatty script.
-        template = (_ENTRY % (str(source), rfc3339(self.clock()))).encode()
+        template = _entry(source, level, rfc3339(self.clock()))
         first = self._count
         seqs = range(first, first + len(quoted))
         return self._write(list(map(template.__mod__, zip(seqs, quoted, strict=True))))
 
-    def append_copies(self, lines: list[tuple[Source, str, bytes]]) -> int:
-        """Lines another worker numbered and timed (source, RFC 3339 time, escaped text),
+    def append_copies(self, lines: list[tuple[Source, str, bytes, str]]) -> int:
+        """Lines another worker numbered and timed (source, RFC 3339 time, escaped text, level),
         numbered on from this log's end: the proxy's copy of a ticket's log."""
         if self._fd is None:
             raise ValueError("the log is closed")
         first = self._count
         entries = [
-            (_ENTRY % (str(source), stamp)).encode() % (seq, quoted)
-            for seq, (source, stamp, quoted) in enumerate(lines, first)
+            _entry(source, level, stamp) % (seq, quoted)
+            for seq, (source, stamp, quoted, level) in enumerate(lines, first)
         ]
         return self._write(entries)
 

@@ -27,7 +27,7 @@ import re
 import signal
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 from sandworker.sandbox.atomic import replace_files, write_all
 from sandworker.sandbox.outcome import Outcome, Reason
 
+from .scriptstate import ScriptMessages, adopted
+from .servicemessages import LEVELS, Masker
 from .ticketlog import (
     LOG_FILE,
     MAX_LINE_BYTES,
@@ -157,6 +159,11 @@ class TicketRecord:
     log_lines: int = 0
     worker: str | None = None  # the external worker it was handed to (a proxy's ticket)
     accepted: bool = False  # that worker acknowledged the start: it is never sent again
+    # what the script's service messages set (scriptstate.py)
+    outputs: dict[str, Any] = field(default_factory=dict)  # name -> {value, sensitive}
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # {name, path, length}
+    progress: dict[str, Any] | None = None  # {percentage, message}
+    result_message: str | None = None
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -182,7 +189,7 @@ class TicketRecord:
 
 
 _TIMES = ("created", "started", "completed", "client_completed")
-_NEWER = {"accepted"}  # fields a record written by an earlier version may lack
+_NEWER = {"accepted", "outputs", "artifacts", "progress", "result_message"}  # (older records)
 
 
 @dataclass
@@ -263,7 +270,14 @@ class Ticket:
     ) -> None:
         self._dir, self._record, self.request, self._log = where, record, request, log
         self.note = ""  # while it runs, the status message (the proxy's "unreachable since")
-        self._framers = {Source.STDOUT: LineFramer(), Source.STDERR: LineFramer()}
+        self.masker = Masker(_sensitive(request))
+        self._framers = {
+            pipe: LineFramer(mask=self.masker) for pipe in (Source.STDOUT, Source.STDERR)
+        }
+        for output in record.outputs.values():  # (a recovered ticket's)
+            if output.get("sensitive"):
+                self.masker.add(str(output.get("value", "")))
+        self._messages = ScriptMessages(self.masker)
 
     @property
     def id(self) -> str:
@@ -304,7 +318,7 @@ class Ticket:
         """Flush unfinished lines, fsync the log, then record the final state."""
         self._moved(State.COMPLETE)  # refuse a bad transition before writing anything
         for source, framer in self._framers.items():
-            self._append(source, framer.flush())
+            self._emit(source, framer.flush())
         self._commit(self._final(exit_code, reason, message), also=self._log.sync)
         self.close()
 
@@ -321,7 +335,7 @@ class Ticket:
             completed=self._log_clock(),
             exit_code=exit_code,
             reason=reason,
-            message=message,
+            message=self.masker.mask_text(message),
             log_lines=self._log.count,
         )
 
@@ -330,7 +344,29 @@ class Ticket:
         pipe = Source(source)
         if pipe is Source.DEBUG:
             raise ValueError("script output comes from stdout or stderr, never debug")
-        self._append(pipe, self._framers[pipe].feed(data))
+        self._emit(pipe, self._framers[pipe].feed(data))
+
+    def _emit(self, pipe: Source, quoted: list[bytes]) -> None:
+        """Script lines: stdout's service messages applied (and kept out of the log)."""
+        if pipe is not Source.STDOUT or not quoted or not self._messages.wants(quoted):
+            self._append(pipe, quoted)
+            return
+        split = self._messages.split(quoted, self._record)
+        if split.changes:
+            self._commit(replace(self._record, **split.changes))
+        for level, lines in split.runs:
+            self._append(pipe, lines, level)
+        for note in split.notes:
+            self.debug(note)
+
+    def adopt_outputs(self, doc: dict[str, Any]) -> None:
+        """A proxy: take what the worker's status page says the script set."""
+        changes = adopted(self._record, doc)
+        for output in changes.get("outputs", {}).values():
+            if isinstance(output, dict) and output.get("sensitive"):
+                self.masker.add(str(output.get("value", "")))
+        if changes:
+            self._commit(replace(self._record, **changes))
 
     def debug(self, text: str) -> None:
         """The daemon's own remark, shown to the client as a debug line."""
@@ -345,7 +381,7 @@ class Ticket:
         Nothing in them is trusted: the source must be one of the three, the time is
         replaced by this worker's clock if it is not RFC 3339, the text is escaped here."""
         wanted = self.next_seq
-        copies: list[tuple[Source, str, bytes]] = []
+        copies: list[tuple[Source, str, bytes, str]] = []
         for line in lines:
             if not isinstance(line, dict):
                 break
@@ -363,7 +399,9 @@ class Ticket:
             stamp = line.get("time")
             if not isinstance(stamp, str) or _RFC3339.fullmatch(stamp) is None:
                 stamp = rfc3339(self._log.clock())
-            copies.append((source, stamp, escape([text.encode("utf-8", "replace")])[0]))
+            level = line.get("level", "default")
+            quoted = self.masker.mask(escape([text.encode("utf-8", "replace")]))[0]
+            copies.append((source, stamp, quoted, level if level in LEVELS else "default"))
         if self.complete and copies:
             raise InvalidTransition(f"ticket {self.id} is complete; its log is closed")
         return self._persist(lambda: self._log.append_copies(copies)) if copies else 0
@@ -399,11 +437,12 @@ class Ticket:
             raise InvalidTransition(f"ticket {self.id}: {exc}") from None
         return replace(self._record, state=target, **changes)
 
-    def _append(self, source: Source, quoted: list[bytes]) -> None:
+    def _append(self, source: Source, quoted: list[bytes], level: str = "default") -> None:
         if self.complete:
             raise InvalidTransition(f"ticket {self.id} is complete; its log is closed")
         if quoted:
-            self._persist(lambda: self._log.append(source, quoted))
+            masked = self.masker.mask(quoted)
+            self._persist(lambda: self._log.append(source, masked, level))
 
     def _commit(self, record: TicketRecord, also: Callable[[], None] = lambda: None) -> None:
         """Persist the record (`also` first: the log's fsync before a final state), then
@@ -419,6 +458,14 @@ class Ticket:
 
     def _log_clock(self) -> float:
         return self._log.clock()
+
+
+def _sensitive(request: dict[str, Any]) -> tuple[str, ...]:
+    """The sensitive values of a start request (as persisted: variables are dicts)."""
+    found = request.get("variables") or []
+    return tuple(
+        str(v.get("value", "")) for v in found if isinstance(v, dict) and v.get("sensitive")
+    )
 
 
 def store_error(

@@ -79,9 +79,9 @@ def _enc(value):
     return _b64.b64encode(str(value).encode("utf-8")).decode("ascii")
 
 
-def _message(name, **attrs):
+def _message(kind, /, **attrs):
     inside = " ".join(f"{k}='{_enc(v)}'" for k, v in attrs.items())
-    print(f"##octopus[{name}{' ' if inside else ''}{inside}]", flush=True)
+    print(f"##octopus[{kind}{' ' if inside else ''}{inside}]", flush=True)
 
 
 def get_octopusvariable(name):

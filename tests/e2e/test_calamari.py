@@ -4,6 +4,8 @@ and service messages back."""
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -69,3 +71,111 @@ def test_the_variables_file_is_the_accounts_alone_and_never_on_a_command_line(
     assert out[0] == f"{worker.uid_of('web')} 600", doc
     assert "s3cr3t" not in out[1] and "Script.sh" in out[1], doc
     assert out[2] == "0", doc
+
+
+OUTPUTS_SH = """
+set_octopusvariable Plain 'a value'
+set_octopusvariable Token 'tok-98765' -sensitive
+update_progress 40 'nearly half'
+write_highlight 'look here'
+echo after
+"""
+OUTPUTS_PY = """
+set_octopusvariable("Plain", "a value")
+set_octopusvariable("Token", "tok-98765", True)
+updateprogress(40, "nearly half")
+printhighlight("look here")
+print("after")
+"""
+
+
+@pytest.mark.parametrize(
+    ("syntax", "body"), [("bash", OUTPUTS_SH), ("sh", OUTPUTS_SH), ("python", OUTPUTS_PY)]
+)
+def test_output_variables_progress_and_levels_come_back(
+    worker: Worker, syntax: str, body: str
+) -> None:
+    doc = start(worker, f"out-{syntax}", syntax, body + "echo tok-98765\n"
+                if syntax != "python" else body + "print('tok-98765')\n")  # fmt: skip
+    assert doc["exit_code"] == 0, doc
+    assert doc["output_variables"] == {
+        "Plain": {"value": "a value", "sensitive": False},
+        "Token": {"value": "tok-98765", "sensitive": True},
+    }
+    assert doc["progress"] == {"percentage": 40, "message": "nearly half"}
+    logs = [line for line in doc["logs"] if line["source"] == "stdout"]
+    assert [(line.get("level", "default"), line["text"]) for line in logs] == [
+        ("highlight", "look here"),
+        ("default", "after"),
+        ("default", "********"),  # a sensitive output's value, masked once it is known
+    ], logs
+    assert not [line for line in doc["logs"] if "##octopus" in line["text"]]
+
+
+def test_fail_step_gives_the_result_message(worker: Worker) -> None:
+    doc = start(worker, "fail", "bash", "echo before; fail_step 'the step failed: no disk'")
+    assert (doc["exit_code"], doc["result_message"]) == (1, "the step failed: no disk"), doc
+    assert lines(doc) == ["before"]
+
+
+def test_malformed_and_unknown_messages_stay_as_text_with_a_note(worker: Worker) -> None:
+    body = (
+        "echo \"##octopus[setVariable name='!!!' value='x']\"; "
+        "echo \"##octopus[frobnicate value='eA==']\"; "
+        "echo '##octopus[unclosed'; echo done"
+    )
+    doc = start(worker, "malformed", "bash", body)
+    assert doc["exit_code"] == 0, doc
+    assert lines(doc) == [
+        "##octopus[setVariable name='!!!' value='x']",
+        "##octopus[frobnicate value='eA==']",
+        "##octopus[unclosed",
+        "done",
+    ], doc
+    notes = lines(doc, "debug")
+    assert sum("printed as text" in n for n in notes) == 3, notes
+    assert any("unknown service message 'frobnicate'" in n for n in notes), notes
+
+
+SECRET = "s3cr3t-Pa55"
+MULTI = "first-line-of-key\nsecond-line-of-key"
+
+
+def test_sensitive_values_never_reach_a_log_line_or_the_disk(worker: Worker) -> None:
+    b64 = base64.b64encode(SECRET.encode()).decode()
+    learned = "learned-at-runtime"
+    body = f"""
+echo "plain {SECRET} inside"
+printf 's3cr'; sleep 0.2; printf '3t-Pa55 split across writes\\n'
+echo "to stderr {SECRET}" >&2
+echo "base64 {b64}"
+printf '%s\\n' "$(get_octopusvariable Key)"
+echo "##octopus[mask value='$(printf %s {learned} | base64)']"
+echo "then {learned}"
+printf 'the last line, no newline: {SECRET}'
+"""
+    variables = [
+        {"name": "Password", "value": SECRET, "sensitive": True},
+        {"name": "Key", "value": MULTI, "sensitive": True},
+    ]
+    doc = start(worker, "masked", "bash", body, variables=variables)
+    assert doc["exit_code"] == 0, doc
+    out, err = lines(doc), lines(doc, "stderr")
+    # the two-line value: one masked line when it arrives whole, else each line masked
+    assert out[3:-2] in (["********"], ["********", "********"]), out
+    assert out[:3] + out[-2:] == [
+        "plain ******** inside",
+        "******** split across writes",
+        "base64 ********",
+        "then ********",
+        "the last line, no newline: ********",
+    ], out
+    assert err == ["to stderr ********"], err
+    everything = json.dumps(doc)
+    for secret in (SECRET, b64, learned, "first-line-of-key", "second-line-of-key"):
+        assert secret not in everything
+    ticket_dir = worker.state / "tickets" / "tickets" / "masked"
+    for name in ("log.jsonl", "state.jsonl"):
+        on_disk = (ticket_dir / name).read_text()
+        assert SECRET not in on_disk and learned not in on_disk, name
+    assert (ticket_dir / "request.json").stat().st_mode & 0o777 == 0o600  # (root's alone)

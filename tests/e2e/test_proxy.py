@@ -248,3 +248,24 @@ def test_reset_brings_the_built_in_worker_back(fleet: Fleet) -> None:
     here = run(fleet.proxy, "here", "echo here")
     assert lines(here) == ["here"] and not held_by(w1, "here")
     assert json.loads((fleet.proxy.state / "sandbox" / "accounts.json").read_text())
+
+
+def test_variables_outputs_and_masking_through_the_proxy(fleet: Fleet) -> None:
+    w1 = fleet.workers[0]
+    fleet.add(w1)
+    fleet.wait_health((w1, True))
+    body = (
+        'echo "in=$(get_octopusvariable In)"; echo "secret: $(get_octopusvariable Pw)"; '
+        "set_octopusvariable Out done; write_warning careful"
+    )
+    variables = [
+        {"name": "In", "value": "v1"},
+        {"name": "Pw", "value": "pw-4242", "sensitive": True},
+    ]
+    doc = run(fleet.proxy, "vars", body, variables=variables)
+    assert doc["exit_code"] == 0, doc
+    assert lines(doc) == ["in=v1", "secret: ********", "careful"], doc
+    assert doc["output_variables"] == {"Out": {"value": "done", "sensitive": False}}
+    assert [ln.get("level") for ln in doc["logs"] if ln["text"] == "careful"] == ["warning"]
+    proxy_log = (fleet.proxy.state / "tickets" / "tickets" / "vars" / "log.jsonl").read_text()
+    assert "pw-4242" not in proxy_log

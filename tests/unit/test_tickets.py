@@ -356,6 +356,10 @@ def test_the_state_journal_keeps_every_transition_and_field(
         "log_lines": 2,
         "worker": None,
         "accepted": False,
+        "outputs": {},
+        "artifacts": [],
+        "progress": None,
+        "result_message": None,
     }
 
 
