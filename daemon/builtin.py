@@ -12,16 +12,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from twisted.internet import threads
+
+from sandworker.sandbox.effective import EffectivePolicy
 from sandworker.sandbox.outcome import Outcome
 from sandworker.sandbox.plan import Refused
 from sandworker.sandbox.policy import PolicyDenied, PolicySet
 from sandworker.sandbox.runner import Request, Sandbox
 
 from .api import Problem, StartRequest, bad_request
+from .artifacts import collect
 from .audit import AuditLog, Event
 from .driver import ScriptDriver, reactor
 from .metrics import Metrics
@@ -57,6 +63,7 @@ class BuiltinWorker:
         self._timer: Any = None
         self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
         self._output_lost: dict[str, str] = {}  # ticket -> why its output stopped being kept
+        self._workdirs: dict[str, tuple[Path, int, EffectivePolicy]] = {}  # for artifacts
 
     def accept(self, ticket_id: str, start: StartRequest, client: str) -> Ticket:
         """A start for the built-in worker: checked against policy, recorded, queued."""
@@ -196,6 +203,8 @@ class BuiltinWorker:
             return
         self.metrics.script_started(start.syntax)
         account = running.plan.spec["account"]
+        owner = account[0] if account else os.geteuid()
+        self._workdirs[ticket.id] = (Path(running.plan.spec["cwd"]), owner, policy)
         self.audit.record(
             Event.SCRIPT_RUN, ticket=ticket.id, project=start.project,
             uid=account[0] if account else None, gid=account[1] if account else None,
@@ -241,8 +250,35 @@ class BuiltinWorker:
                 str(outcome.reason),
                 outcome.message,
             )
-        self._end(ticket, exit_code, reason, message)
-        self._admit()
+        workdir = self._workdirs.pop(ticket.id, None)
+        if workdir is None or not ticket.record.artifacts:
+            self._end(ticket, exit_code, reason, message)
+            self._admit()
+            return
+        run_dir, uid, policy = workdir  # artifacts first: complete means they are there
+
+        def keep() -> list[dict[str, Any]]:
+            fd = ticket.open_dir()
+            try:
+                budget = policy.limits.artifact_bytes
+                return collect(list(ticket.record.artifacts), run_dir, uid, budget, fd)
+            finally:
+                os.close(fd)
+
+        def kept(artifacts: list[dict[str, Any]]) -> None:
+            try:
+                ticket.set_artifacts(artifacts)
+            except TicketStoreError as exc:
+                log.error("ticket %s: its artifacts could not be recorded: %s", ticket.id, exc)
+            self._end(ticket, exit_code, reason, message)
+            self._admit()
+
+        def failed(failure: Any) -> None:
+            log.error("ticket %s: collecting artifacts failed: %s", ticket.id, failure.value)
+            self._end(ticket, exit_code, reason, message)
+            self._admit()
+
+        threads.deferToThread(keep).addCallbacks(kept, failed)
 
 
 def run_id(ticket_id: str) -> str:

@@ -1,9 +1,10 @@
-"""`sandworker script run|start|status|logs|cancel|complete`: the client side of the service."""
+"""`sandworker script run|start|status|logs|cancel|complete|artifacts`: the client side."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,29 @@ def cmd_simple(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_artifacts(args: argparse.Namespace) -> int:
+    """List a ticket's artifacts; with --download, fetch the kept ones into DIR."""
+    from .client import ClientError  # noqa: PLC0415
+
+    try:
+        client = _client(args)
+        doc = client.status(args.ticket)
+        for artifact in doc.get("artifacts", []):
+            name, kept = str(artifact.get("name", "")), artifact.get("kept")
+            why = "" if kept else f"  (not kept: {artifact.get('refused', 'not collected yet')})"
+            print(f"{name}\t{artifact.get('length', 0)} bytes{why}")
+            if args.download and kept:
+                target = Path(args.download) / (Path(name).name or "artifact")
+                quoted = urllib.parse.quote(name, safe="")
+                with open(target, "xb") as out:
+                    client.download(f"/v1/scripts/{args.ticket}/artifacts/{quoted}", out)
+                print(f"  -> {target}")
+    except (ClientError, OSError) as exc:
+        print(f"sandworker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     script = subparsers.add_parser("script", help="run scripts on a worker").add_subparsers(
         dest="script_command", required=True
@@ -170,3 +194,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                 "--wait", type=int, default=0, help="long-poll up to this many seconds"
             )
         sub.set_defaults(func=cmd_simple, operation=operation)
+    artifacts = script.add_parser("artifacts", help="list (and --download) a ticket's artifacts")
+    profile(artifacts)
+    artifacts.add_argument("ticket")
+    artifacts.add_argument("--download", metavar="DIR", help="fetch the kept ones into DIR")
+    artifacts.set_defaults(func=cmd_artifacts)

@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -190,6 +190,23 @@ class Client:
         if status >= 400:
             raise _refused(status, doc)
         return doc
+
+    def download(self, path: str, out: BinaryIO) -> int:
+        """GET `path` and copy the body into `out` (an artifact); the bytes copied."""
+        channel = self._channels[0]
+        channel.send("GET", path)
+        response = channel.receive()
+        if response.status >= 400:
+            raise _refused(*channel.decode(response))
+        copied = 0
+        try:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                copied += len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            channel.close()
+            raise ClientError(f"the download of {path} broke off: {exc}") from None
+        return copied
 
     def start(self, ticket: str, request: dict[str, Any]) -> dict[str, Any]:
         return self.checked("PUT", f"/v1/scripts/{ticket}", request)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -24,7 +25,7 @@ from typing import Any, Protocol, cast
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
-from twisted.protocols import policies
+from twisted.protocols import basic, policies
 from twisted.python import log
 from twisted.web import http, resource, server
 
@@ -61,7 +62,15 @@ class Encoded:
     headers: dict[bytes, bytes] = field(default_factory=dict)
 
 
-Body = dict[str, Any] | Encoded
+@dataclass
+class FileBody:
+    """A file to stream (an artifact): its descriptor, which the sending closes."""
+
+    fd: int
+    length: int
+
+
+Body = dict[str, Any] | Encoded | FileBody
 Handler = Callable[[server.Request, list[str], Identity], Awaitable[tuple[int, Body]]]
 
 
@@ -77,6 +86,21 @@ def _send(request: server.Request, status: int, reply: Encoded, content_type: by
     request.setHeader(b"content-length", b"%d" % len(body))  # one piece, not chunked
     request.write(body)
     request.finish()
+
+
+def _send_file(request: server.Request, status: int, body: FileBody) -> None:
+    stream = os.fdopen(body.fd, "rb")
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/octet-stream")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", b"%d" % body.length)
+
+    def done(_result: object) -> None:
+        stream.close()
+        if not request.finished and not request._disconnected:
+            request.finish()
+
+    basic.FileSender().beginFileTransfer(stream, request).addBoth(done)
 
 
 class Router(resource.Resource):
@@ -104,6 +128,9 @@ class Router(resource.Resource):
                 raise Problem(403, "Forbidden", "this client certificate is no longer trusted")
             handler, parts = self._route(request)
             status, body = await handler(request, parts, identity)
+            if isinstance(body, FileBody):
+                _send_file(request, status, body)
+                return
             encoded = (
                 body if isinstance(body, Encoded) else Encoded(json.dumps(body).encode() + b"\n")
             )
@@ -121,7 +148,7 @@ class Router(resource.Resource):
         if len(parts) < 2 or parts[0] != "v1":
             raise Problem(404, "Not Found", f"no such resource {path!r}; the API lives under /v1/")
         method = request.method.decode("ascii", "replace")
-        shape = "/".join(["{}" if i == 2 else p for i, p in enumerate(parts[1:], 1)])
+        shape = "/".join(["{}" if i in (2, 4) else p for i, p in enumerate(parts[1:], 1)])
         handler = self._routes.get((method, shape))
         if handler is None:
             allowed = sorted(m for m, s in self._routes if s == shape)

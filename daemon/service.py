@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
@@ -28,7 +29,7 @@ from .audit import AuditLog, Event
 from .builtin import BuiltinWorker
 from .client import NEXT_SEQ_HEADER, STATE_HEADER
 from .driver import reactor
-from .http import Body, Encoded, Handler, Identity
+from .http import Body, Encoded, FileBody, Handler, Identity
 from .metrics import Metrics
 from .pools import Pools
 from .proxy import Proxy
@@ -87,6 +88,7 @@ class ScriptService:
             ("GET", "scripts/{}"): self.status,
             ("POST", "scripts/{}/cancel"): self.cancel,
             ("DELETE", "scripts/{}"): self.complete,
+            ("GET", "scripts/{}/artifacts/{}"): self.artifact,
             ("GET", "health"): self.health,
             ("GET", "capabilities"): self.capabilities,
         }
@@ -139,6 +141,28 @@ class ScriptService:
         if wait and not ticket.complete and ticket.next_seq <= after + 1:
             await self._wait(ticket.id, wait, until_complete=False)
         return 200, self._status_body(ticket, after)
+
+    async def artifact(
+        self, _request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, Body]:
+        """One artifact the supervisor kept, by its name (the first, if names repeat)."""
+        ticket = self._ticket(parts[0], who)
+        name = urllib.parse.unquote(parts[2])
+        if ticket.record.worker is not None:
+            raise Problem(
+                501, "Not Implemented",
+                f"artifacts stay at the external worker {ticket.record.worker} for now; fetch"
+                " them there",
+            )  # fmt: skip
+        found = ticket.open_artifact(name)
+        if found is None:
+            kept = [a["name"] for a in ticket.record.artifacts if a.get("kept")]
+            raise Problem(
+                404, "Not Found",
+                f"ticket {ticket.id} has no kept artifact {name!r} (kept: {kept or 'none'};"
+                " the status lists each with why one was not kept)",
+            )  # fmt: skip
+        return 200, FileBody(*found)
 
     async def cancel(
         self, _request: server.Request, parts: list[str], who: Identity

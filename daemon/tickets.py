@@ -359,6 +359,21 @@ class Ticket:
         for note in split.notes:
             self.debug(note)
 
+    def open_dir(self) -> int:
+        """A descriptor of the ticket's directory (the caller closes it)."""
+        return os.open(self._dir.key, DIR_FLAGS, dir_fd=self._dir.parent_fd)
+
+    def set_artifacts(self, artifacts: list[dict[str, Any]]) -> None:
+        self._commit(replace(self._record, artifacts=artifacts))
+
+    def open_artifact(self, name: str) -> tuple[int, int] | None:
+        """(descriptor, length) of the first kept artifact called `name`, or None."""
+        for index, artifact in enumerate(self._record.artifacts):
+            if artifact.get("name") == name and artifact.get("kept"):
+                fd = self._dir.open(stored_artifact(index), os.O_RDONLY)
+                return fd, os.fstat(fd).st_size
+        return None
+
     def adopt_outputs(self, doc: dict[str, Any]) -> None:
         """A proxy: take what the worker's status page says the script set."""
         changes = adopted(self._record, doc)
@@ -458,6 +473,11 @@ class Ticket:
 
     def _log_clock(self) -> float:
         return self._log.clock()
+
+
+def stored_artifact(index: int) -> str:
+    """The file in a ticket's directory that keeps its `index`th artifact (artifacts.py)."""
+    return f"artifact-{index}"
 
 
 def _sensitive(request: dict[str, Any]) -> tuple[str, ...]:

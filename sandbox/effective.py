@@ -24,6 +24,7 @@ class Limits:
     output_bytes: int
     tmp_bytes: int  # size of the private /tmp and /dev/shm (each)
     cpu_percent: int  # CPU bandwidth, 100 = one core
+    artifact_bytes: int = 256 << 20  # artifacts the supervisor keeps of one run
 
 
 @dataclass(frozen=True)

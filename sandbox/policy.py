@@ -149,6 +149,7 @@ class PolicySet:
             file_size_bytes=value["limits.file_size"],
             output_bytes=value["limits.output"],
             tmp_bytes=value["limits.tmp"],
+            artifact_bytes=value["limits.artifacts"],
             cpu_percent=value["limits.cpu_percent"],
         )
         return EffectivePolicy(

@@ -113,6 +113,14 @@ LIMITS = (
         maximum=1 * GiB,
     ),
     Field(
+        "artifacts",
+        Kind.SIZE,
+        "Most bytes of artifacts (`new_octopusartifact`) kept for one script; 0 keeps none.",
+        default="256MiB",
+        minimum=0,
+        maximum=64 * GiB,
+    ),
+    Field(
         "tmp",
         Kind.SIZE,
         "Size of the script's private /tmp, and of its /dev/shm.",

@@ -5,12 +5,16 @@ and service messages back."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import subprocess
 from typing import Any
 
 import pytest
 
-from tests.e2e.daemon import Worker, lines
+from sandworker.daemon.certs import certificate_prints
+from sandworker.daemon.pinclient import client_context
+from tests.e2e.daemon import SANDWORKER, Worker, lines
 
 VARIABLES = [
     {"name": "Greeting", "value": "hello world"},
@@ -179,3 +183,90 @@ printf 'the last line, no newline: {SECRET}'
         on_disk = (ticket_dir / name).read_text()
         assert SECRET not in on_disk and learned not in on_disk, name
     assert (ticket_dir / "request.json").stat().st_mode & 0o777 == 0o600  # (root's alone)
+
+
+def _download(worker: Worker, path: str) -> tuple[int, bytes]:
+    pin = certificate_prints(worker.home / "worker.crt").sha256
+    context = client_context(worker.home / "client.crt", worker.home / "client.key", pin)
+    conn = http.client.HTTPSConnection("127.0.0.1", worker.port, context=context, timeout=60)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _artifact(path: str, name: str) -> str:
+    """Shell for a createArtifact message of `path` as given (the helper resolves links)."""
+    return (
+        f'echo "##octopus[createArtifact path=\'$(printf %s "{path}" | base64 -w0)\''
+        f" name='$(printf %s {name} | base64 -w0)']\""
+    )
+
+
+def test_artifacts_are_kept_without_following_links_and_downloaded(worker: Worker) -> None:
+    body = "\n".join([
+        "printf 'artifact body\\n' > good.txt; new_octopusartifact good.txt",
+        "ln -s /etc/shadow shadow; " + _artifact("$PWD/shadow", "shadow"),
+        _artifact("/etc/passwd", "passwd"),
+        _artifact("$PWD/../elsewhere/x", "dotdot"),
+        "ln -s /etc etc; " + _artifact("$PWD/etc/passwd", "through-a-link"),
+        "printf x > one; ln one two; " + _artifact("$PWD/two", "hardlinked"),
+        "mkfifo fifo; " + _artifact("$PWD/fifo", "fifo"),
+        "mkdir sub; printf 'deep\\n' > sub/f; new_octopusartifact sub/f deep.txt",
+    ])  # fmt: skip
+    doc = start(worker, "art", "bash", body)
+    assert doc["exit_code"] == 0, doc
+    kept = {a["name"]: a for a in doc["artifacts"]}
+    assert kept["good.txt"]["kept"] and kept["good.txt"]["length"] == 14, kept
+    assert kept["deep.txt"]["kept"], kept
+    reasons = {name: a.get("refused", "") for name, a in kept.items() if not a["kept"]}
+    assert set(reasons) == {"shadow", "passwd", "dotdot", "through-a-link", "hardlinked", "fifo"}
+    assert "links are not followed" in reasons["shadow"]
+    assert "outside the script's working directory" in reasons["passwd"]
+    assert "outside the script's working directory" in reasons["dotdot"]
+    assert "links are not followed" in reasons["through-a-link"]
+    assert "2 links" in reasons["hardlinked"]
+    assert "not a regular file" in reasons["fifo"]
+    assert _download(worker, "/v1/scripts/art/artifacts/good.txt") == (200, b"artifact body\n")
+    assert _download(worker, "/v1/scripts/art/artifacts/deep.txt") == (200, b"deep\n")
+    status, problem = _download(worker, "/v1/scripts/art/artifacts/shadow")
+    assert status == 404 and b"no kept artifact" in problem
+    root_only = worker.state / "tickets" / "tickets" / "art" / "artifact-0"
+    assert root_only.stat().st_mode & 0o777 == 0o600
+    profile = worker.home / "profile.toml"
+    pin = certificate_prints(worker.home / "worker.crt").sha256
+    profile.write_text(
+        f'url = "https://127.0.0.1:{worker.port}"\nthumbprint = "{pin}"\n'
+        'certificate = "client.crt"\nkey = "client.key"\n'
+    )
+    into = worker.home / "downloaded"
+    into.mkdir()
+    listed = subprocess.run(
+        [SANDWORKER, "script", "artifacts", "art", "--download", str(into),
+         "--profile", str(profile)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed
+    assert "shadow\t" in listed.stdout and "not kept: " in listed.stdout, listed.stdout
+    assert sorted(p.name for p in into.iterdir()) == ["deep.txt", "good.txt"]
+    assert (into / "good.txt").read_bytes() == b"artifact body\n"
+
+
+def test_artifacts_beyond_the_policys_budget_are_refused(worker: Worker) -> None:
+    policy = worker.home / "policies" / "p.toml"
+    policy.write_text(policy.read_text() + '[project.limits]\nartifacts = "1KiB"\n')
+    reload = subprocess.run(
+        [SANDWORKER, "reload", "--config", str(worker.home / "sandworker.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert reload.returncode == 0, reload
+    body = (
+        "head -c 600 /dev/zero > a; head -c 600 /dev/zero > b; "
+        "new_octopusartifact a; new_octopusartifact b"
+    )
+    doc = start(worker, "budget", "bash", body)
+    first, second = doc["artifacts"]
+    assert first["kept"] and not second["kept"], doc["artifacts"]
+    assert "limits.artifacts leaves 424" in second["refused"]

@@ -217,7 +217,7 @@ def nothing_accepted(world: World, _result: Result) -> None:
 
 def blue_unchanged(world: World, _result: Result) -> None:
     names = sorted(p.name for p in world.blue_work.iterdir())
-    assert names == ["Script.sh", "canary.txt"], names
+    assert names == [".octopus.bootstrap.sh", ".octopus.variables", "Script.sh", "canary.txt"]
     assert sorted(p.name for p in world.blue_home.iterdir()) == ["canary.txt"]
 
 
@@ -227,6 +227,7 @@ PROBES = [
         "read_blue_workspace_by_host_path",
         """
 try_read @BLUE_WORK@/canary.txt @BLUE_WORK@/Script.sh @BLUE_HOME@/canary.txt
+try_read @BLUE_WORK@/.octopus.variables
 try_list @BLUE_WORK@ @BLUE_HOME@ @STATE@/projects/blue @STATE@/projects/blue/work
 cd @BLUE_WORK@ 2>/dev/null && escape "cd into blue's workspace"
 echo "denied: cd @BLUE_WORK@"
@@ -610,7 +611,8 @@ ls -l /proc/$$/fd > /tmp/fds
 cat /tmp/fds
 extra=$(awk '$9 != "" && $9 !~ /^(0|1|2|255)$/ { print $9, $10, $11 }' /tmp/fds)
 [ -z "$extra" ] || escape "bash holds descriptors: $extra"
-[ "$(readlink /proc/$$/fd/255)" = "$PWD/Script.sh" ] || escape "fd 255 is not our script"
+# (bash keeps the file it runs open as 255: the helpers' bootstrap, which sources the script)
+[ "$(readlink /proc/$$/fd/255)" = "$PWD/.octopus.bootstrap.sh" ] || escape "fd 255 is not ours"
 """,
     ),
 ]
