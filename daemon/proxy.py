@@ -10,6 +10,9 @@ This daemon spawns no script process while it proxies.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ from twisted.internet import threads
 from .api import Problem, StartRequest
 from .audit import AuditLog, Event
 from .client import ClientError
+from .http import FileBody
 from .metrics import Metrics
 from .pools import CANCEL_TIMEOUT, NoHealthyWorker, Pools, UnknownPool
 from .remote import Hooks, RemoteRun
@@ -133,6 +137,33 @@ class Proxy:
             elif problem.status != 503:
                 raise
             log.warning("ticket %s: completed here only: %s", ticket.id, problem.detail)
+
+    async def artifact(self, ticket: Ticket, name: str) -> FileBody:
+        """An artifact the ticket's worker kept, fetched into an unnamed file here."""
+        address = ticket.record.worker or ""
+        worker = self.pools.worker_at(address)
+        if worker is None:
+            raise Problem(503, "Service Unavailable", f"worker {address} is no longer configured")
+        path = f"/v1/scripts/{ticket.id}/artifacts/{urllib.parse.quote(name, safe='')}"
+
+        def fetch() -> FileBody:
+            out = tempfile.TemporaryFile(dir=self.store.state_dir)  # noqa: SIM115 - handed on
+            try:
+                with self.pools.client(worker) as client:
+                    length = client.download(path, out)
+                out.flush()
+                fd = os.dup(out.fileno())
+                os.lseek(fd, 0, os.SEEK_SET)
+                return FileBody(fd, length)
+            finally:
+                out.close()
+
+        try:
+            return await threads.deferToThread(fetch)
+        except ClientError as exc:
+            status = 404 if str(exc).startswith("404 ") else 503
+            raise Problem(status, "Not Found" if status == 404 else "Service Unavailable",
+                          f"worker {address}: {exc}") from None  # fmt: skip
 
     async def _forward(self, ticket: Ticket, method: str, path: str) -> None:
         address = ticket.record.worker or ""

@@ -149,11 +149,7 @@ class ScriptService:
         ticket = self._ticket(parts[0], who)
         name = urllib.parse.unquote(parts[2])
         if ticket.record.worker is not None:
-            raise Problem(
-                501, "Not Implemented",
-                f"artifacts stay at the external worker {ticket.record.worker} for now; fetch"
-                " them there",
-            )  # fmt: skip
+            return 200, await self.proxy.artifact(ticket, name)
         found = ticket.open_artifact(name)
         if found is None:
             kept = [a["name"] for a in ticket.record.artifacts if a.get("kept")]

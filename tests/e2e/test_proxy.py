@@ -21,6 +21,7 @@ import pytest
 from sandworker.daemon.certs import certificate_prints
 from sandworker.daemon.trust import TrustStore
 from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
+from tests.e2e.test_calamari import _download
 
 pytestmark = pytest.mark.root
 
@@ -256,7 +257,8 @@ def test_variables_outputs_and_masking_through_the_proxy(fleet: Fleet) -> None:
     fleet.wait_health((w1, True))
     body = (
         'echo "in=$(get_octopusvariable In)"; echo "secret: $(get_octopusvariable Pw)"; '
-        "set_octopusvariable Out done; write_warning careful"
+        "set_octopusvariable Out done; write_warning careful; "
+        "printf 'made at the worker' > a.txt; new_octopusartifact a.txt"
     )
     variables = [
         {"name": "In", "value": "v1"},
@@ -269,3 +271,10 @@ def test_variables_outputs_and_masking_through_the_proxy(fleet: Fleet) -> None:
     assert [ln.get("level") for ln in doc["logs"] if ln["text"] == "careful"] == ["warning"]
     proxy_log = (fleet.proxy.state / "tickets" / "tickets" / "vars" / "log.jsonl").read_text()
     assert "pw-4242" not in proxy_log
+    assert [(a["name"], a["kept"]) for a in doc["artifacts"]] == [("a.txt", True)]
+    assert _download(fleet.proxy, "/v1/scripts/vars/artifacts/a.txt") == (
+        200,
+        b"made at the worker",
+    )
+    status, _ = _download(fleet.proxy, "/v1/scripts/vars/artifacts/nope")
+    assert status == 404
