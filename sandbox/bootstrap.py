@@ -27,8 +27,9 @@ Variable = tuple[str, str, bool]  # (name, value, sensitive)
 # POSIX sh (dash runs it too). `base64` comes from the read-only system directories.
 _SH = r"""# sandworker: Calamari's bash helpers, then the script (sourced, with its arguments).
 __octopus_b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
-__octopus_dir=$(dirname -- "$0")
+__octopus_dir=${0%/*}  # (the bootstrap is always named by its absolute path: no fork)
 get_octopusvariable() {
+  [ -f "$__octopus_dir/.octopus.variables" ] || return 0  # (a start without variables)
   __want=$(__octopus_b64 "$1")
   while read -r __n __v; do
     if [ "$__n" = "$__want" ]; then printf '%s' "$__v" | base64 -d; return 0; fi
@@ -71,8 +72,10 @@ import runpy as _runpy
 import sys as _sys
 
 _here = _os.path.dirname(_os.path.abspath(__file__))
-with open(_os.path.join(_here, ".octopus.variables.json"), encoding="utf-8") as _f:
-    _variables = _json.load(_f)
+_variables = {}
+if _os.path.exists(_os.path.join(_here, ".octopus.variables.json")):  # (none: no file)
+    with open(_os.path.join(_here, ".octopus.variables.json"), encoding="utf-8") as _f:
+        _variables = _json.load(_f)
 
 
 def _enc(value):
@@ -142,14 +145,20 @@ _runpy.run_path(_script, init_globals=_helpers, run_name="__main__")
 
 
 def files_for(syntax: str, variables: Sequence[Variable]) -> dict[str, bytes]:
-    """The bootstrap and variables file of a syntax (none for one without helpers)."""
+    """The bootstrap and variables file of a syntax (none for one without helpers; no
+    variables file without variables: a file costs an inode on every run)."""
     if syntax in ("bash", "sh"):
-        lines = b"".join(
-            base64.b64encode(name.encode()) + b" " + base64.b64encode(value.encode()) + b"\n"
-            for name, value, _sensitive in variables
-        )
-        return {BOOTSTRAP[syntax]: _SH.encode(), VARIABLES_SH: lines}
+        files = {BOOTSTRAP[syntax]: _SH.encode()}
+        if variables:
+            files[VARIABLES_SH] = b"".join(
+                base64.b64encode(name.encode()) + b" " + base64.b64encode(value.encode()) + b"\n"
+                for name, value, _sensitive in variables
+            )
+        return files
     if syntax == "python":
-        doc = {name: value for name, value, _sensitive in variables}
-        return {BOOTSTRAP[syntax]: _PY.encode(), VARIABLES_PY: json.dumps(doc).encode()}
+        files = {BOOTSTRAP[syntax]: _PY.encode()}
+        if variables:
+            doc = {name: value for name, value, _sensitive in variables}
+            files[VARIABLES_PY] = json.dumps(doc).encode()
+        return files
     return {}

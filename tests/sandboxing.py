@@ -85,6 +85,7 @@ def run(
     args: tuple[str, ...] = (),
     on_output: Callable[[list[tuple[str, bytes]]], None] = lambda _chunks: None,
     run_id: str | None = None,
+    variables: tuple[tuple[str, str, bool], ...] = (),
 ) -> Result:
     """Run `body` to the end as `project`; collect output by source."""
     run_id = run_id or f"t{os.getpid()}-{next(_ids)}"
@@ -95,7 +96,7 @@ def run(
         on_output(chunks)
 
     outcome = sandbox.run(
-        Request(project, run_id, syntax, body, args),
+        Request(project, run_id, syntax, body, args, variables=variables),
         policy or make_policy(project),
         sink,
         cancel=(cancel.is_set if cancel else lambda: False),
@@ -122,6 +123,7 @@ def running(
     *,
     ready: str = "READY",
     policy: EffectivePolicy | None = None,
+    variables: tuple[tuple[str, str, bool], ...] = (),
 ) -> Iterator[Result]:
     """Start `body` in the background; yield once it printed `ready`; cancel it on exit."""
     stop = threading.Event()
@@ -137,7 +139,16 @@ def running(
 
     def target() -> None:
         box.append(
-            run(sandbox, project, body, policy=policy, cancel=stop, on_output=watch, run_id=run_id)
+            run(
+                sandbox,
+                project,
+                body,
+                policy=policy,
+                cancel=stop,
+                on_output=watch,
+                run_id=run_id,
+                variables=variables,
+            )
         )
 
     thread = threading.Thread(target=target, daemon=True)

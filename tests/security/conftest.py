@@ -171,7 +171,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with contextlib.ExitStack() as stack:
         stack.callback(abstract.close)
         stack.callback(tcp.close)
-        blue = stack.enter_context(running(sandbox, "blue", body, policy=blue_policy))
+        secret = (("Canary", canary, True),)  # (its variables file is bait too)
+        blue = stack.enter_context(
+            running(sandbox, "blue", body, policy=blue_policy, variables=secret)
+        )
         blue_uid = project_uid(sandbox, "blue")
         assert blue_uid != red_uid
         blue_work = sandbox.workspaces.projects / "blue" / "work" / blue.run_id
