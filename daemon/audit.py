@@ -57,6 +57,7 @@ class Event(enum.StrEnum):
     TICKET_PURGED = "ticket.purged"
     WORKER_REFUSED = "worker.refused"  # an external worker presented the wrong certificate
     WORKER_HEALTH = "worker.health"  # an external worker became healthy or unhealthy
+    PACKAGE_UPLOADED = "package.uploaded"  # project, name, sha256, length, client
     TRUST_CHANGED = "trust.changed"  # the trust file now trusts other clients (added, removed)
 
 

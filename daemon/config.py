@@ -91,6 +91,14 @@ SERVER = (
         maximum=64 << 20,
     ),
     Field(
+        "max_package",
+        Kind.SIZE,
+        "Largest package upload (`PUT /v1/projects/P/packages/NAME`); larger ones get 413.",
+        default="1GiB",
+        minimum=1 << 20,
+        maximum=64 << 30,
+    ),
+    Field(
         "stop_grace",
         Kind.DURATION,
         "On SIGTERM, how long running scripts may go on before they are cancelled"

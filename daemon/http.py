@@ -162,6 +162,7 @@ class LimitedChannel(http.HTTPChannel):
     """An HTTPChannel with total header deadlines and body limits (see the module doc)."""
 
     max_body = 1 << 20
+    max_package = 1 << 30  # the body of a package upload (PUT /v1/projects/P/packages/N)
     first_deadline = 25.0  # handshake plus headers of the first request
     header_deadline = 15.0
     # called with (peer, error) when a TLS handshake fails and nobody reported why yet
@@ -190,14 +191,16 @@ class LimitedChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._disarm()
         length: int | None = self.length
-        if length is None or length > self.max_body:
+        upload = _is_upload(getattr(self, "_command", b""), getattr(self, "_path", b""))
+        limit = self.max_package if upload else self.max_body
+        if length is None or length > limit:
             status, title, detail = (
                 (411, "Length Required", "chunked request bodies are refused; send Content-Length")
                 if length is None
                 else (
                     413,
                     "Content Too Large",
-                    f"the body is {self.length} bytes; this worker accepts at most {self.max_body}",
+                    f"the body is {self.length} bytes; this worker accepts at most {limit}",
                 )
             )
             self._refuse(Problem(status, title, detail))
@@ -282,10 +285,21 @@ class _Site(server.Site):
             access_log.debug("%s", http.combinedLogFormatter(self._logDateTime, request))
 
 
+def _is_upload(command: bytes, path: bytes) -> bool:
+    parts = path.split(b"?", 1)[0].split(b"/")
+    return (
+        command == b"PUT"
+        and len(parts) == 6
+        and parts[1:3] == [b"v1", b"projects"]
+        and (parts[4] == b"packages")
+    )
+
+
 def make_site(
     root: resource.Resource,
     *,
     max_body: int,
+    max_package: int = 1 << 30,
     first_deadline: float,
     header_deadline: float,
     on_failed_handshake: Callable[[str, str], None] | None = None,
@@ -295,6 +309,7 @@ def make_site(
         (LimitedChannel,),
         {
             "max_body": max_body,
+            "max_package": max_package,
             "first_deadline": first_deadline,
             "header_deadline": header_deadline,
             "on_failed_handshake": staticmethod(on_failed_handshake)

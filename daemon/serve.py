@@ -187,6 +187,7 @@ def build(config: Config) -> Daemon:
     site = make_site(
         router,
         max_body=config["server.max_body"],
+        max_package=config["server.max_package"],
         first_deadline=config["server.handshake_timeout"] + config["server.header_timeout"],
         header_deadline=config["server.header_timeout"],
         on_failed_handshake=failed_handshake,

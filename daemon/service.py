@@ -15,12 +15,13 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.web import server
 
 from sandworker import __version__
 from sandworker.sandbox.layers import Layer
 from sandworker.sandbox.policy import PolicySet
+from sandworker.sandbox.projects import InvalidProject, validate_project
 from sandworker.sandbox.runner import Sandbox
 from sandworker.sandbox.syntaxes import SYNTAXES
 
@@ -31,6 +32,7 @@ from .client import NEXT_SEQ_HEADER, STATE_HEADER
 from .driver import reactor
 from .http import Body, Encoded, FileBody, Handler, Identity
 from .metrics import Metrics
+from .packages import PackageCache, PackageError, check_name, check_sha256
 from .pools import Pools
 from .proxy import Proxy
 from .scheduler import Scheduler
@@ -76,6 +78,7 @@ class ScriptService:
         self.proxy = Proxy(pools, store, audit, metrics, wake=self._wake, end=self._end)
         self._handed = list(handed)  # recovered tickets still at external workers
         self.stopping = False  # SIGTERM: starts get 503 while running scripts finish
+        self.packages = PackageCache(store.state_dir.parent / "packages")
 
     def listening(self) -> None:
         """The listener is bound: follow again the tickets recovered at external workers."""
@@ -89,6 +92,8 @@ class ScriptService:
             ("POST", "scripts/{}/cancel"): self.cancel,
             ("DELETE", "scripts/{}"): self.complete,
             ("GET", "scripts/{}/artifacts/{}"): self.artifact,
+            ("PUT", "projects/{}/packages/{}"): self.upload,
+            ("GET", "projects/{}/packages"): self.packages_of,
             ("GET", "health"): self.health,
             ("GET", "capabilities"): self.capabilities,
         }
@@ -141,6 +146,49 @@ class ScriptService:
         if wait and not ticket.complete and ticket.next_seq <= after + 1:
             await self._wait(ticket.id, wait, until_complete=False)
         return 200, self._status_body(ticket, after)
+
+    async def upload(
+        self, request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, Body]:
+        """A package into the project's cache (packages.py), its SHA-256 checked."""
+        project = self._project(parts[0], who)
+        if self.proxy.active:
+            raise Problem(501, "Not Implemented", "this daemon proxies to external workers and"
+                          " keeps no packages; upload to each worker")  # fmt: skip
+        name = urllib.parse.unquote(parts[2])
+        try:
+            check_name(name)
+            sha256 = check_sha256((request.getHeader(b"sandworker-sha256") or b"").decode())
+            length = int(request.getHeader(b"content-length") or 0)
+            assert request.content is not None
+            request.content.seek(0)
+            await threads.deferToThread(
+                self.packages.store, project, name, request.content, length, sha256
+            )
+        except PackageError as exc:
+            title = {400: "Bad Request", 507: "Insufficient Storage"}.get(exc.status, "Error")
+            raise Problem(exc.status, title, str(exc)) from None
+        except OSError as exc:
+            raise Problem(507, "Insufficient Storage", f"the package was not kept: {exc}") from None
+        self.audit.record(
+            Event.PACKAGE_UPLOADED, project=project, name=name, sha256=sha256, length=length,
+            client=who.thumbprint,
+        )  # fmt: skip
+        return 201, {"project": project, "name": name, "sha256": sha256, "length": length}
+
+    async def packages_of(
+        self, _request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, Body]:
+        project = self._project(parts[0], who)
+        return 200, {"project": project, "packages": self.packages.list(project)}
+
+    def _project(self, raw: str, who: Identity) -> str:
+        try:
+            project = validate_project(raw)
+        except InvalidProject as exc:
+            raise Problem(400, "Bad Request", str(exc)) from None
+        self._authorise(who, project)
+        return project
 
     async def artifact(
         self, _request: server.Request, parts: list[str], who: Identity
