@@ -18,7 +18,7 @@ from typing import Any
 
 from sandworker.sandbox.atomic import write_all
 
-from .tickets import DIR_FLAGS, stored_artifact
+from .ticketdir import DIR_FLAGS, stored_artifact
 
 CHUNK = 1 << 20
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

@@ -35,7 +35,12 @@ def default_profile() -> Path:
 
 
 class ClientError(Exception):
-    """The worker could not be reached or refused the call; the message says why."""
+    """The worker could not be reached or refused the call; the message says why, and
+    `status` is the worker's HTTP status when it answered one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -265,4 +270,4 @@ def _next_after(response: http.client.HTTPResponse) -> int | None:
 
 
 def _refused(status: int, doc: dict[str, Any]) -> ClientError:
-    return ClientError(f"{status} {doc.get('title', '')}: {doc.get('detail', doc)}")
+    return ClientError(f"{status} {doc.get('title', '')}: {doc.get('detail', doc)}", status)

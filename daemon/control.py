@@ -65,8 +65,7 @@ class Reloader:
     ) -> None:
         self.config, self.policies, self._audit = config, policies, audit
         self._set_limit, self._check_workers, self._on_failed = set_limit, check_workers, on_failed
-        self.failures = 0  # reloads that failed since the start
-        self.last_failed = False
+        self.last_failed = False  # (the count is the metrics' reload_failures)
         self.last_success = time.time()  # of the last good load (the first one: now)
 
     def reload(self) -> ReloadResult:
@@ -94,7 +93,7 @@ class Reloader:
         return ReloadResult(True, notes=notes)
 
     def _failed(self, problems: list[str]) -> ReloadResult:
-        self.failures, self.last_failed = self.failures + 1, True
+        self.last_failed = True
         self._on_failed()
         log.error("reload failed; the last good configuration stays:\n%s", "\n".join(problems))
         self._audit.record(Event.DAEMON_RELOAD, ok=False, problems=problems)

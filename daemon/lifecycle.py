@@ -71,7 +71,7 @@ class Lifecycle:
         if self._deadline is not None:
             left = max(0.0, self._deadline - time.monotonic())
             text = f"stopping ({left:.0f} s of grace left): {text}"
-        if self.reloader.failures and self.reloader.last_failed:
+        if self.reloader.last_failed:
             text += "; the last reload FAILED (see the log)"
         return text
 

@@ -11,7 +11,6 @@ on the reactor's thread like everything else.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -69,7 +68,6 @@ class Live(Protocol):
     def reloads(self) -> tuple[float | None, bool]: ...  # (last success, last one failed)
 
 
-@dataclass
 class Idle:
     """A daemon with nothing going on (for tests and before `Metrics.watch`)."""
 
@@ -170,7 +168,6 @@ class Metrics:
         self.refusals.labels(reason if reason in REFUSALS else "bad_request").inc()
 
 
-@dataclass
 class _Example(Idle):
     """One external worker, so that its families show their labels in the reference."""
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sandworker.sandbox.atomic import write_all
 
+from .ticketdir import DIR_FLAGS, REQUEST_FILE, STATE_FILE, check_private, remove_dir
 from .ticketlog import LOG_FILE
-from .tickets import DIR_FLAGS, REQUEST_FILE, STATE_FILE, check_private, remove_dir
 
 KEEP = 2  # directories kept ready: enough for a burst of starts between two refills
 FILES = (REQUEST_FILE, STATE_FILE, LOG_FILE)

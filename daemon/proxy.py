@@ -161,7 +161,7 @@ class Proxy:
         try:
             return await threads.deferToThread(fetch)
         except ClientError as exc:
-            status = 404 if str(exc).startswith("404 ") else 503
+            status = 404 if exc.status == 404 else 503
             raise Problem(status, "Not Found" if status == 404 else "Service Unavailable",
                           f"worker {address}: {exc}") from None  # fmt: skip
 

@@ -8,7 +8,7 @@ secrets for the ticket's masker. A malformed message stays as text, with a debug
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
@@ -106,7 +106,3 @@ def adopted(record: Any, doc: dict[str, Any]) -> dict[str, Any]:
     if isinstance(message, str) and message != record.result_message:
         changes["result_message"] = message
     return changes
-
-
-def with_changes(record: Any, changes: dict[str, Any]) -> Any:
-    return replace(record, **changes)

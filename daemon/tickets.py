@@ -8,9 +8,11 @@ Layout, all root's and private (directories 0700, files 0600):
                        every transition: the last whole line is the ticket's state (a torn
                        last line was never acknowledged, and recovery cuts it away)
         log.jsonl      the numbered output lines (see ticketlog.py for the fsync guarantee)
+        artifact-<n>   the artifacts kept at the script's end (artifacts.py)
 
 Ticket ids are chosen by the client and compared case-insensitively, as Tentacle does.
-Every file is reached through the tickets directory's descriptor with O_NOFOLLOW.
+Every file is reached through the tickets directory's descriptor with O_NOFOLLOW
+(ticketdir.py: the directory, its files and the store's errors).
 
 Exit codes: the script's own when it ended by itself (128 + signal number when a signal
 ended it), otherwise one of Tentacle's reserved codes; see `exit_code_for`.
@@ -25,20 +27,19 @@ import logging
 import os
 import re
 import signal
-import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sandworker.sandbox.atomic import replace_files, write_all
 from sandworker.sandbox.outcome import Outcome, Reason
 
 from .scriptstate import ScriptMessages, adopted
 from .servicemessages import LEVELS, Masker
+from .ticketdir import STATE_FILE, TicketDir, store_error, stored_artifact
+from .ticketdir import TicketError as TicketError  # noqa: PLC0414 - re-exported
+from .ticketdir import TicketStoreError as TicketStoreError  # noqa: PLC0414 - re-exported
 from .ticketlog import (
-    LOG_FILE,
     MAX_LINE_BYTES,
     LineFramer,
     LogLine,
@@ -62,13 +63,7 @@ RESULT_LOST = -46
 DEFAULT_PURGE_AGE = 24 * 3600.0
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", re.ASCII)
 LOST_MESSAGE = "result lost: the supervisor stopped while the script ran"
-REQUEST_FILE, STATE_FILE = "request.json", "state.jsonl"
 _TICKET_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class TicketError(Exception):
-    """Base of every error this module raises."""
 
 
 class InvalidTicketId(TicketError, ValueError):
@@ -77,10 +72,6 @@ class InvalidTicketId(TicketError, ValueError):
 
 class InvalidTransition(TicketError):
     pass
-
-
-class TicketStoreError(TicketError):
-    """A ticket could not be persisted or read; the message names the ticket and the cause."""
 
 
 def ticket_key(ticket_id: object) -> str:
@@ -192,75 +183,6 @@ _TIMES = ("created", "started", "completed", "client_completed")
 _NEWER = {"accepted", "outputs", "artifacts", "progress", "result_message"}  # (older records)
 
 
-@dataclass
-class TicketDir:
-    """One ticket's directory, reached through the tickets directory's descriptor."""
-
-    parent_fd: int
-    key: str
-    path: Path
-
-    def open(self, name: str, flags: int, mode: int = 0o600) -> int:
-        dir_fd = os.open(self.key, DIR_FLAGS, dir_fd=self.parent_fd)
-        try:
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def check_private(self, *, fix: bool = False) -> None:
-        fd = os.open(self.key, DIR_FLAGS, dir_fd=self.parent_fd)
-        try:
-            check_private(fd, self.path, fix=fix)
-        finally:
-            os.close(fd)
-
-    def read(self, name: str) -> bytes | None:
-        try:
-            fd = self.open(name, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as file:
-            return file.read()
-
-    def write(self, files: Mapping[str, bytes]) -> None:
-        """Replace files of the ticket's directory atomically (see `replace_files`)."""
-        dir_fd = os.open(self.key, DIR_FLAGS, dir_fd=self.parent_fd)
-        try:
-            replace_files(dir_fd, files)
-        finally:
-            os.close(dir_fd)
-
-    def append(self, name: str, data: bytes, also: Callable[[], None] = lambda: None) -> None:
-        """Append `data` to a file and fsync it (`also` before: another file's fsync); on
-        failure nothing of it stays in the file."""
-        fd = self.open(name, os.O_WRONLY | os.O_APPEND)
-        try:
-            end = os.fstat(fd).st_size
-            try:
-                write_all(fd, data)
-                also()
-                os.fsync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, end)
-                raise
-        finally:
-            os.close(fd)
-
-    def cut(self, name: str, length: int) -> None:
-        """Truncate a file to `length` bytes (a torn last record) and fsync it."""
-        fd = self.open(name, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, length)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def log_opener(self) -> Callable[[int], int]:
-        """How TicketLog opens this ticket's log.jsonl (relative to the directory)."""
-        return lambda flags: self.open(LOG_FILE, flags)
-
-
 class Ticket:
     """One accepted script: its request, state record and log. Every change is persisted
     first and applied in memory after, so a failed write leaves the ticket as it was."""
@@ -270,13 +192,10 @@ class Ticket:
     ) -> None:
         self._dir, self._record, self.request, self._log = where, record, request, log
         self.note = ""  # while it runs, the status message (the proxy's "unreachable since")
-        self.masker = Masker(_sensitive(request))
+        self.masker = Masker(_sensitive(request.get("variables")) + _sensitive(record.outputs))
         self._framers = {
             pipe: LineFramer(mask=self.masker) for pipe in (Source.STDOUT, Source.STDERR)
         }
-        for output in record.outputs.values():  # (a recovered ticket's)
-            if output.get("sensitive"):
-                self.masker.add(str(output.get("value", "")))
         self._messages = ScriptMessages(self.masker)
 
     @property
@@ -361,7 +280,7 @@ class Ticket:
 
     def open_dir(self) -> int:
         """A descriptor of the ticket's directory (the caller closes it)."""
-        return os.open(self._dir.key, DIR_FLAGS, dir_fd=self._dir.parent_fd)
+        return self._dir.fd()
 
     def set_artifacts(self, artifacts: list[dict[str, Any]]) -> None:
         self._commit(replace(self._record, artifacts=artifacts))
@@ -377,9 +296,8 @@ class Ticket:
     def adopt_outputs(self, doc: dict[str, Any]) -> None:
         """A proxy: take what the worker's status page says the script set."""
         changes = adopted(self._record, doc)
-        for output in changes.get("outputs", {}).values():
-            if isinstance(output, dict) and output.get("sensitive"):
-                self.masker.add(str(output.get("value", "")))
+        for value in _sensitive(changes.get("outputs")):
+            self.masker.add(value)
         if changes:
             self._commit(replace(self._record, **changes))
 
@@ -475,49 +393,10 @@ class Ticket:
         return self._log.clock()
 
 
-def stored_artifact(index: int) -> str:
-    """The file in a ticket's directory that keeps its `index`th artifact (artifacts.py)."""
-    return f"artifact-{index}"
-
-
-def _sensitive(request: dict[str, Any]) -> tuple[str, ...]:
-    """The sensitive values of a start request (as persisted: variables are dicts)."""
-    found = request.get("variables") or []
+def _sensitive(items: object) -> tuple[str, ...]:
+    """The sensitive values among a start's variables (a list of {name, value, sensitive},
+    as persisted) or output variables ({name: {value, sensitive}})."""
+    found = items.values() if isinstance(items, dict) else items if isinstance(items, list) else []
     return tuple(
         str(v.get("value", "")) for v in found if isinstance(v, dict) and v.get("sensitive")
     )
-
-
-def store_error(
-    ticket_id: str, state_dir: Path, exc: OSError, verb: str = "persist"
-) -> TicketStoreError:
-    cause = exc.strerror or str(exc)
-    return TicketStoreError(f"cannot {verb} ticket {ticket_id}: {cause} (state dir {state_dir})")
-
-
-def remove_dir(parent_fd: int, name: str, *, strict: bool = False) -> None:
-    """Unlink a ticket directory's files (request.json first, so a half-removed ticket is
-    never resurrected), then the directory. Never recursive: a subdirectory is an error."""
-    try:
-        dir_fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-        try:
-            for file in sorted(os.listdir(dir_fd), key=lambda file: file != REQUEST_FILE):
-                os.unlink(file, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-        os.rmdir(name, dir_fd=parent_fd)
-    except OSError:
-        if strict:
-            raise
-
-
-def check_private(fd: int, path: Path, *, fix: bool = False) -> None:
-    """A directory of ours that nobody else may write; `fix` sets 0700 on a new one."""
-    if fix:
-        os.fchmod(fd, 0o700)
-    info = os.fstat(fd)
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise TicketStoreError(
-            f"{path} must be owned by uid {os.geteuid()} and writable by nobody else"
-            f" (it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})"
-        )

@@ -20,24 +20,26 @@ from sandworker.sandbox.outcome import Reason
 
 from .handoffs import HANDOFF_FILE, HandoffJournal
 from .prepared import Prepared
-from .ticketlog import LOG_FILE, TicketLog
-from .tickets import (
-    DEFAULT_PURGE_AGE,
+from .ticketdir import (
     DIR_FLAGS,
-    LOST_MESSAGE,
     REQUEST_FILE,
-    RESULT_LOST,
     STATE_FILE,
-    InvalidTicketId,
-    State,
-    Ticket,
     TicketDir,
     TicketError,
-    TicketRecord,
     TicketStoreError,
     check_private,
     remove_dir,
     store_error,
+)
+from .ticketlog import LOG_FILE, TicketLog
+from .tickets import (
+    DEFAULT_PURGE_AGE,
+    LOST_MESSAGE,
+    RESULT_LOST,
+    InvalidTicketId,
+    State,
+    Ticket,
+    TicketRecord,
     ticket_key,
 )
 
