@@ -396,7 +396,9 @@ class Ticket:
 def _sensitive(items: object) -> tuple[str, ...]:
     """The sensitive values among a start's variables (a list of {name, value, sensitive},
     as persisted) or output variables ({name: {value, sensitive}})."""
-    found = items.values() if isinstance(items, dict) else items if isinstance(items, list) else []
+    if isinstance(items, dict):
+        items = list(items.values())
+    found = items if isinstance(items, (list, tuple)) else ()  # (a tuple until it is stored)
     return tuple(
         str(v.get("value", "")) for v in found if isinstance(v, dict) and v.get("sensitive")
     )
