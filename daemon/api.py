@@ -17,6 +17,7 @@ from typing import Any
 from sandworker.sandbox.projects import InvalidProject, validate_project
 from sandworker.sandbox.syntaxes import SYNTAXES
 
+from .packages import PackageError, check_name
 from .scheduler import DEFAULT_MUTEX, Isolation
 
 PROTOCOL_VERSION = 1
@@ -33,6 +34,7 @@ MAX_SCRIPT_BYTES = 512 * 1024
 MAX_ARGUMENTS, MAX_ARGUMENT_BYTES = 256, 32 * 1024
 MAX_VARIABLES, MAX_VARIABLE_NAME = 10_000, 256
 MAX_WAIT_SECONDS = 60.0
+MAX_SUBSTITUTE = 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -82,6 +84,8 @@ class StartRequest:
     wait_seconds: float
     pool: str | None = None  # the external workers' pool (a proxy only); None: `default`
     variables: tuple[Variable, ...] = ()  # for the script's helpers (sandbox/bootstrap.py)
+    package: str | None = None  # a package of the project's cache: a package step
+    substitute: tuple[str, ...] = ()  # globs of the package's files to substitute #{Name} in
 
     @property
     def sensitive(self) -> tuple[str, ...]:
@@ -105,13 +109,7 @@ class StartRequest:
     @classmethod
     def parse(cls, raw: bytes) -> StartRequest:
         """Validate a start body; every complaint names the field and what is allowed."""
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise bad_request("the body must be a JSON object")
-        known = {
+        doc = json_object(raw, {
             "project",
             "syntax",
             "body",
@@ -123,12 +121,9 @@ class StartRequest:
             "wait_seconds",
             "pool",
             "variables",
-        }
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise bad_request(
-                f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+            "package",
+            "substitute",
+        })  # fmt: skip
         try:
             project = validate_project(_get(doc, "project", str, None))
         except InvalidProject as exc:
@@ -136,7 +131,8 @@ class StartRequest:
         syntax = _get(doc, "syntax", str, "bash")
         if syntax not in SYNTAXES:
             raise bad_request(f"syntax {syntax!r} is unknown; known: {', '.join(SYNTAXES)}")
-        body = _get(doc, "body", str, None)
+        package = _package(doc.get("package"))
+        body = _get(doc, "body", str, "" if package else None)
         if len(body.encode()) > MAX_SCRIPT_BYTES:
             raise bad_request(f"body is larger than {MAX_SCRIPT_BYTES} bytes")
         arguments = _get(doc, "arguments", list, [])
@@ -162,7 +158,25 @@ class StartRequest:
             wait_seconds=_seconds(doc, "wait_seconds", 0.0, low=0, high=MAX_WAIT_SECONDS) or 0.0,
             pool=validate_name("pool", doc["pool"]) if "pool" in doc else None,
             variables=_variables(doc.get("variables", [])),
+            package=package,
+            substitute=_substitute(doc.get("substitute", []), package),
         )
+
+
+def json_object(raw: bytes, known: set[str]) -> dict[str, Any]:
+    """A request body: a JSON object of only the `known` fields."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise bad_request("the body must be a JSON object")
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise bad_request(
+            f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return doc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +209,32 @@ def _variables(raw: object) -> tuple[Variable, ...]:
             raise bad_request(f"variable {name!r} contains a NUL character")
         found[name] = Variable(name, value, sensitive)
     return tuple(found.values())
+
+
+def _package(raw: object) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise bad_request("package must be the name of a package in the project's cache")
+    try:
+        return check_name(raw)
+    except PackageError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _substitute(raw: object, package: str | None) -> tuple[str, ...]:
+    """`substitute`: globs of package files (relative, `*` spans directories)."""
+    shape = f"substitute must be a list of at most {MAX_SUBSTITUTE} relative file globs"
+    if raw and package is None:
+        raise bad_request("substitute applies to a package's files: name the package too")
+    if not isinstance(raw, list) or len(raw) > MAX_SUBSTITUTE:
+        raise bad_request(shape)
+    for item in raw:
+        if not isinstance(item, str) or not 0 < len(item) <= 256 or "\0" in item:
+            raise bad_request(shape)
+        if item.startswith("/") or ".." in item.split("/"):
+            raise bad_request(f"substitute {item!r}: give a glob relative to the package's top")
+    return tuple(raw)
 
 
 def _get(doc: dict[str, Any], name: str, kind: type, default: Any) -> Any:

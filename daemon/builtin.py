@@ -24,13 +24,14 @@ from sandworker.sandbox.effective import EffectivePolicy
 from sandworker.sandbox.outcome import Outcome
 from sandworker.sandbox.plan import Refused
 from sandworker.sandbox.policy import PolicyDenied, PolicySet
-from sandworker.sandbox.runner import Request, Sandbox
+from sandworker.sandbox.runner import Package, Request, Sandbox
 
 from .api import Problem, StartRequest, bad_request
 from .artifacts import collect
 from .audit import AuditLog, Event
 from .driver import ScriptDriver, reactor
 from .metrics import Metrics
+from .packages import PackageCache
 from .scheduler import Scheduler
 from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, TicketStoreError, exit_code_for, ticket_key
 from .ticketstore import TicketStore
@@ -64,6 +65,7 @@ class BuiltinWorker:
         self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
         self._output_lost: dict[str, str] = {}  # ticket -> why its output stopped being kept
         self._workdirs: dict[str, tuple[Path, int, EffectivePolicy]] = {}  # for artifacts
+        self.packages: PackageCache | None = None  # the projects' package caches
 
     def accept(self, ticket_id: str, start: StartRequest, client: str) -> Ticket:
         """A start for the built-in worker: checked against policy, recorded, queued."""
@@ -76,7 +78,8 @@ class BuiltinWorker:
             policy = self.policies().resolve(start.project)
         except PolicyDenied as exc:
             raise Problem(403, "Forbidden", str(exc), reason="policy") from None
-        if start.syntax not in policy.syntaxes:
+        package = self._package(start)
+        if (start.body or package is None) and start.syntax not in policy.syntaxes:
             raise Problem(
                 403,
                 "Forbidden",
@@ -102,6 +105,7 @@ class BuiltinWorker:
             syntax=start.syntax,
             client=client,
             sha256=start.sha256,
+            **({"package": start.package, "package_sha256": package[1]} if package else {}),
         )
         self._queued[ticket.id] = (start, ticket)
         self.scheduler.submit(
@@ -115,6 +119,21 @@ class BuiltinWorker:
         )
         self._admit()
         return ticket
+
+    def _package(self, start: StartRequest) -> tuple[Path, str | None] | None:
+        """The named package's file and SHA-256; a start without it is refused now."""
+        if start.package is None:
+            return None
+        found = self.packages.path(start.project, start.package) if self.packages else None
+        if found is None:
+            p, name = start.project, start.package
+            raise bad_request(
+                f"package {name} is not in project {p}'s cache on this worker; upload it"
+                f" (PUT /v1/projects/{p}/packages/{name}) or have the worker download it"
+                f" (POST /v1/projects/{p}/packages)"
+            )
+        assert self.packages is not None
+        return found, self.packages.sha256(start.project, start.package)
 
     def cancel(self, ticket: Ticket) -> None:
         """TERM the run's tree (KILL after the grace), or end a queued ticket at once."""
@@ -195,6 +214,7 @@ class BuiltinWorker:
             start.body,
             start.arguments,
             variables=tuple((v.name, v.value, v.sensitive) for v in start.variables),
+            package=self._package_step(start),
         )
         try:
             running = self.sandbox.start(request, policy)
@@ -226,6 +246,12 @@ class BuiltinWorker:
                 ticket.debug("\n".join(running.plan.debug))
         except TicketStoreError as exc:
             self._lost_output(ticket, exc)
+
+    def _package_step(self, start: StartRequest) -> Package | None:
+        if start.package is None or self.packages is None:
+            return None
+        path = self.packages.root / start.project / start.package  # (gone: refused at launch)
+        return Package(str(path), start.substitute)
 
     def _lost_output(self, ticket: Ticket, exc: TicketStoreError) -> None:
         driver = self._drivers.get(ticket.id)

@@ -1,12 +1,15 @@
 """Each project's package cache: `<state>/packages/<project>/<name>`, root's, 0600.
 
-An upload (`PUT /v1/projects/{project}/packages/{name}`, the SHA-256 in the
-`Sandworker-Sha256` header) is refused before anything is written when the state
-filesystem lacks room for it (plus RESERVE); it is copied into a hidden temporary file
-beside its place, hashed on the way, fsynced, and renamed into place only if the hash is
-the one announced. A crash leaves at most a temporary file, which the next upload of
-that name replaces. Names are one path component of letters, digits, `.`, `-`, `_`,
-ending in .zip, .tar.gz, .tgz or .nupkg.
+A package arrives by upload (`PUT /v1/projects/{project}/packages/{name}`, the SHA-256 in
+the `Sandworker-Sha256` header) or is downloaded by the worker itself (`POST
+/v1/projects/{project}/packages` with name, url and sha256), only from a URL the
+project's policy lists in `packages.sources`, redirects included. Either way it is
+refused before anything is written when the state filesystem lacks room for it (plus
+RESERVE); it is copied into a hidden temporary file beside its place, hashed on the way,
+fsynced, and renamed into place only if the hash is the one announced; its SHA-256 is
+kept beside it (`.<name>.sha256`). A crash leaves at most a temporary file, which the
+next arrival of that name replaces. Names are one path component of letters, digits,
+`.`, `-`, `_`, ending in .zip, .tar.gz, .tgz or .nupkg.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ import contextlib
 import hashlib
 import os
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any
 
 from sandworker.sandbox.atomic import write_all
+from sandworker.sandbox.policy_checks import source_for
 from sandworker.sandbox.projects import validate_project
 
 RESERVE = 64 << 20  # bytes left free on the state filesystem after an upload
 CHUNK = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.(zip|tar\.gz|tgz|nupkg)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+FETCH_TIMEOUT = 30.0  # seconds without a byte from the source
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class PackageError(Exception):
@@ -55,14 +63,20 @@ class PackageCache:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def store(self, project: str, name: str, body: BinaryIO, length: int, sha256: str) -> str:
-        """Keep one upload (blocking: run it in a thread); its path, once verified."""
+    def store(
+        self, project: str, name: str, body: IO[bytes], *, length: int | None, sha256: str,
+        limit: int,
+    ) -> int:  # fmt: skip
+        """Keep one package (blocking: run it in a thread); its length, once verified."""
         validate_project(project)
         check_name(name)
+        if length is not None and length > limit:
+            raise PackageError(413, f"the package is {length} bytes, more than the {limit}"
+                               " this worker takes (server.max_package)")  # fmt: skip
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         free = os.statvfs(self.root)
         room = free.f_bavail * free.f_frsize - RESERVE
-        if length > room:
+        if (length or 0) > room:
             raise PackageError(507, f"the package is {length} bytes and the state filesystem"
                                f" has room for {max(room, 0)}; free space and retry")  # fmt: skip
         root_fd = os.open(self.root, _DIR)
@@ -76,21 +90,24 @@ class PackageCache:
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary, dir_fd=project_fd)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(temporary, flags, 0o600, dir_fd=project_fd)
+            fd = os.open(temporary, _NEW, 0o600, dir_fd=project_fd)
             digest, copied = hashlib.sha256(), 0
             try:
                 while chunk := body.read(CHUNK):
+                    copied += len(chunk)
+                    if copied > limit:
+                        raise PackageError(413, f"the package is more than the {limit} bytes"
+                                           " this worker takes (server.max_package)")  # fmt: skip
                     digest.update(chunk)
                     write_all(fd, chunk)
-                    copied += len(chunk)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             got = digest.hexdigest()
-            if copied != length or got != sha256:
+            if (length is not None and copied != length) or got != sha256:
                 raise PackageError(400, f"the package's SHA-256 is {got} ({copied} bytes), not"
                                    f" the {sha256} announced; it was not kept")  # fmt: skip
+            _write_small(project_fd, f".{name}.sha256", got.encode())
             os.rename(temporary, name, src_dir_fd=project_fd, dst_dir_fd=project_fd)
             os.fsync(project_fd)
         except BaseException:
@@ -99,7 +116,43 @@ class PackageCache:
             raise
         finally:
             os.close(project_fd)
-        return str(self.root / project / name)
+        return copied
+
+    def fetch(
+        self, project: str, name: str, url: str, *, sha256: str, sources: tuple[str, ...],
+        limit: int,
+    ) -> int:  # fmt: skip
+        """Download one package from an allowed source (blocking); its length."""
+        check_source(url, sources)
+        opener = urllib.request.build_opener(_CheckedRedirects(sources))
+        request = urllib.request.Request(url)  # noqa: S310 - http(s) only: check_source
+        try:
+            with opener.open(request, timeout=FETCH_TIMEOUT) as response:
+                announced = response.headers.get("Content-Length")
+                length = int(announced) if announced and announced.isdigit() else None
+                return self.store(
+                    project, name, response, length=length, sha256=sha256, limit=limit
+                )
+        except urllib.error.HTTPError as exc:
+            raise PackageError(502, f"{url} answered {exc.code} {exc.reason}; nothing was"
+                               " kept") from None  # fmt: skip
+        except urllib.error.URLError as exc:
+            raise PackageError(502, f"could not download {url}: {exc.reason}") from None
+        except TimeoutError:
+            raise PackageError(504, f"{url} sent nothing for {FETCH_TIMEOUT:.0f}s; nothing"
+                               " was kept") from None  # fmt: skip
+
+    def path(self, project: str, name: str) -> Path | None:
+        """The cached package, if there is one by that name."""
+        where = self.root / validate_project(project) / check_name(name)
+        return where if where.is_file() and not where.is_symlink() else None
+
+    def sha256(self, project: str, name: str) -> str | None:
+        try:
+            text = (self.root / project / f".{name}.sha256").read_text().strip()
+        except OSError:
+            return None
+        return text if _SHA256.fullmatch(text) else None
 
     def list(self, project: str) -> list[dict[str, object]]:
         validate_project(project)
@@ -110,5 +163,50 @@ class PackageCache:
         for entry in sorted(os.scandir(where), key=lambda e: e.name):
             if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                 continue
-            found.append({"name": entry.name, "length": entry.stat(follow_symlinks=False).st_size})
+            length = entry.stat(follow_symlinks=False).st_size
+            found.append(
+                {"name": entry.name, "length": length, "sha256": self.sha256(project, entry.name)}
+            )
         return found
+
+
+def check_source(url: str, sources: tuple[str, ...]) -> str:
+    try:
+        source = source_for(url, sources)
+    except ValueError as exc:
+        raise PackageError(400, f"{url}: {exc}") from None
+    if source is None:
+        allowed = ", ".join(sources) or "none: the policy lists no packages.sources"
+        raise PackageError(403, f"{url} is not under a source this project's policy allows"
+                           f" (packages.sources: {allowed})")  # fmt: skip
+    return source
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL the sources allow too."""
+
+    def __init__(self, sources: tuple[str, ...]) -> None:
+        self.sources = sources
+
+    def redirect_request(  # noqa: PLR0917 - urllib's signature
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+        headers: Any, newurl: str,
+    ) -> urllib.request.Request | None:  # fmt: skip
+        try:
+            check_source(newurl, self.sources)
+        except PackageError as exc:
+            raise PackageError(403, f"{req.full_url} redirects to {exc}") from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _write_small(dir_fd: int, name: str, data: bytes) -> None:
+    temporary = f"{name}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=dir_fd)
+    fd = os.open(temporary, _NEW, 0o600, dir_fd=dir_fd)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -158,6 +158,7 @@ def build(config: Config) -> Daemon:
         metrics=metrics,
         pools=pools,
         handed=recovery.handed,
+        max_package=config["server.max_package"],
     )
     reloader = Reloader(
         config,

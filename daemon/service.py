@@ -20,12 +20,12 @@ from twisted.web import server
 
 from sandworker import __version__
 from sandworker.sandbox.layers import Layer
-from sandworker.sandbox.policy import PolicySet
+from sandworker.sandbox.policy import PolicyDenied, PolicySet
 from sandworker.sandbox.projects import InvalidProject, validate_project
 from sandworker.sandbox.runner import Sandbox
 from sandworker.sandbox.syntaxes import SYNTAXES
 
-from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request
+from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request, json_object
 from .audit import AuditLog, Event
 from .builtin import BuiltinWorker
 from .client import NEXT_SEQ_HEADER, STATE_HEADER
@@ -46,6 +46,8 @@ from .tickets import (
 from .ticketstore import TicketStore
 
 MAX_LINES_PER_STATUS = 10_000
+_TITLES = {400: "Bad Request", 403: "Forbidden", 413: "Content Too Large", 502: "Bad Gateway",
+           504: "Gateway Timeout", 507: "Insufficient Storage"}  # fmt: skip
 _REFUSALS = {403: "forbidden", 409: "conflict", 507: "disk_full"}  # by status (else 400)
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class ScriptService:
         metrics: Metrics,
         pools: Pools,
         handed: Sequence[str] = (),
+        max_package: int = 1 << 30,
     ) -> None:
         self.sandbox, self.store, self.audit, self.metrics = sandbox, store, audit, metrics
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
@@ -79,6 +82,8 @@ class ScriptService:
         self._handed = list(handed)  # recovered tickets still at external workers
         self.stopping = False  # SIGTERM: starts get 503 while running scripts finish
         self.packages = PackageCache(store.state_dir.parent / "packages")
+        self.builtin.packages = self.packages
+        self.max_package = max_package
 
     def listening(self) -> None:
         """The listener is bound: follow again the tickets recovered at external workers."""
@@ -94,6 +99,7 @@ class ScriptService:
             ("GET", "scripts/{}/artifacts/{}"): self.artifact,
             ("PUT", "projects/{}/packages/{}"): self.upload,
             ("GET", "projects/{}/packages"): self.packages_of,
+            ("POST", "projects/{}/packages"): self.fetch,
             ("GET", "health"): self.health,
             ("GET", "capabilities"): self.capabilities,
         }
@@ -151,30 +157,75 @@ class ScriptService:
         self, request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, Body]:
         """A package into the project's cache (packages.py), its SHA-256 checked."""
-        project = self._project(parts[0], who)
-        if self.proxy.active:
-            raise Problem(501, "Not Implemented", "this daemon proxies to external workers and"
-                          " keeps no packages; upload to each worker")  # fmt: skip
+        project = self._package_project(parts[0], who)
         name = urllib.parse.unquote(parts[2])
-        try:
+
+        def keep() -> tuple[int, str]:
             check_name(name)
             sha256 = check_sha256((request.getHeader(b"sandworker-sha256") or b"").decode())
             length = int(request.getHeader(b"content-length") or 0)
             assert request.content is not None
             request.content.seek(0)
-            await threads.deferToThread(
-                self.packages.store, project, name, request.content, length, sha256
-            )
-        except PackageError as exc:
-            title = {400: "Bad Request", 507: "Insufficient Storage"}.get(exc.status, "Error")
-            raise Problem(exc.status, title, str(exc)) from None
-        except OSError as exc:
-            raise Problem(507, "Insufficient Storage", f"the package was not kept: {exc}") from None
+            kept = self.packages.store(
+                project, name, request.content, length=length, sha256=sha256,
+                limit=self.max_package,
+            )  # fmt: skip
+            return kept, sha256
+
+        length, sha256 = await self._keep(keep)
         self.audit.record(
             Event.PACKAGE_UPLOADED, project=project, name=name, sha256=sha256, length=length,
             client=who.thumbprint,
         )  # fmt: skip
         return 201, {"project": project, "name": name, "sha256": sha256, "length": length}
+
+    async def fetch(
+        self, request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, Body]:
+        """A package the worker downloads itself, from a source the project's policy lists."""
+        project = self._package_project(parts[0], who)
+        doc = json_object(request.content.read() if request.content else b"",
+                          {"name", "url", "sha256"})  # fmt: skip
+        name, url = doc.get("name"), doc.get("url")
+        if not isinstance(name, str) or not isinstance(url, str):
+            raise bad_request('send {"name": "...", "url": "https://...", "sha256": "..."}')
+        try:
+            sources = self.builtin.policies().resolve(project).package_sources
+        except PolicyDenied as exc:
+            raise Problem(403, "Forbidden", str(exc), reason="policy") from None
+
+        def keep() -> tuple[int, str]:
+            check_name(name)
+            sha256 = check_sha256(doc.get("sha256") if isinstance(doc.get("sha256"), str) else "")
+            length = self.packages.fetch(
+                project, name, url, sha256=sha256, sources=sources, limit=self.max_package
+            )
+            return length, sha256
+
+        length, sha256 = await self._keep(keep)
+        self.audit.record(
+            Event.PACKAGE_FETCHED, project=project, name=name, sha256=sha256, length=length,
+            url=url, client=who.thumbprint,
+        )  # fmt: skip
+        return 201, {"project": project, "name": name, "sha256": sha256, "length": length,
+                     "url": url}  # fmt: skip
+
+    def _package_project(self, raw: str, who: Identity) -> str:
+        project = self._project(raw, who)
+        if self.proxy.active:
+            raise Problem(501, "Not Implemented", "this daemon proxies to external workers and"
+                          " keeps no packages; send packages to each worker")  # fmt: skip
+        return project
+
+    @staticmethod
+    async def _keep(keep: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+        """Run a package's arrival in a thread; its refusals as HTTP problems."""
+        try:
+            return await threads.deferToThread(keep)
+        except PackageError as exc:
+            raise Problem(exc.status, _TITLES.get(exc.status, "Error"), str(exc)) from None
+        except OSError as exc:
+            raise Problem(507, "Insufficient Storage", f"the package was not kept: {exc}") from None
 
     async def packages_of(
         self, _request: server.Request, parts: list[str], who: Identity

@@ -1,6 +1,6 @@
 """Calamari's script helpers (notes/octopus.md section 4), loaded before the user script.
 
-For bash, sh and python the run directory gets a bootstrap and the variables file, both
+For bash, sh, python and PowerShell the run directory gets a bootstrap and the variables file, both
 the project account's and 0600: the interpreter runs the bootstrap, which defines the
 helpers and then runs the script in the same process (sourced, or run as `__main__`),
 with the script's own arguments. Variables never travel on a command line.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 VARIABLES_SH = ".octopus.variables"  # "base64(name) base64(value)" lines
 VARIABLES_PY = ".octopus.variables.json"
 BOOTSTRAP = {"bash": ".octopus.bootstrap.sh", "sh": ".octopus.bootstrap.sh",
-             "python": ".octopus.bootstrap.py"}  # fmt: skip
+             "python": ".octopus.bootstrap.py", "powershell": ".octopus.bootstrap.ps1"}  # fmt: skip
 
 Variable = tuple[str, str, bool]  # (name, value, sensitive)
 
@@ -144,6 +144,62 @@ _runpy.run_path(_script, init_globals=_helpers, run_name="__main__")
 """
 
 
+# PowerShell 7 (pwsh). Variables come as $OctopusParameters, as in Calamari.
+_PS1 = r"""# sandworker: Calamari's PowerShell helpers, then the script (dot-sourced).
+$ErrorActionPreference = 'Stop'
+$OctopusParameters = @{}
+$__octopusVariables = Join-Path $PSScriptRoot '.octopus.variables.json'
+if (Test-Path -LiteralPath $__octopusVariables) {
+  (Get-Content -Raw -LiteralPath $__octopusVariables | ConvertFrom-Json).PSObject.Properties |
+    ForEach-Object { $OctopusParameters[$_.Name] = [string]$_.Value }
+}
+function Convert-ToServiceMessageParameter([string]$name, [string]$value) {
+  $encoded = [System.Convert]::ToBase64String([System.Text.Encoding]::UTF8.GetBytes($value))
+  return "$name='$encoded'"
+}
+function Write-OctopusServiceMessage([string]$kind, [hashtable]$attrs) {
+  $inside = ($attrs.GetEnumerator() | Sort-Object Name |
+    ForEach-Object { Convert-ToServiceMessageParameter $_.Name $_.Value }) -join ' '
+  [Console]::Out.WriteLine("##octopus[$kind $inside]")
+}
+function Get-OctopusVariable([string]$name) { return $OctopusParameters[$name] }
+function Set-OctopusVariable([string]$name, [string]$value, [switch]$sensitive) {
+  $attrs = @{ name = $name; value = $value }
+  if ($sensitive) { $attrs.sensitive = 'True' }
+  Write-OctopusServiceMessage 'setVariable' $attrs
+}
+function New-OctopusArtifact([string]$path, [string]$name) {
+  $full = [System.IO.Path]::GetFullPath($path, (Get-Location).ProviderPath)
+  if (-not $name) { $name = [System.IO.Path]::GetFileName($full) }
+  $length = if (Test-Path -LiteralPath $full) { (Get-Item -LiteralPath $full).Length } else { 0 }
+  Write-OctopusServiceMessage 'createArtifact' @{ path = $full; name = $name; length = "$length" }
+}
+function Fail-Step([string]$message) {
+  if ($message) { Write-OctopusServiceMessage 'resultMessage' @{ message = $message } }
+  exit 1
+}
+function Update-Progress([int]$percentage, [string]$message = '') {
+  Write-OctopusServiceMessage 'progress' @{ percentage = "$percentage"; message = $message }
+}
+function Write-OctopusLevel([string]$level, [string]$message) {
+  [Console]::Out.WriteLine("##octopus[stdout-$level]")
+  [Console]::Out.WriteLine($message)
+  [Console]::Out.WriteLine('##octopus[stdout-default]')
+}
+function Write-Highlight([string]$message) { Write-OctopusLevel 'highlight' $message }
+function Write-Wait([string]$message) { Write-OctopusLevel 'wait' $message }
+function Write-Verbose([string]$message) { Write-OctopusLevel 'verbose' $message }
+function Write-Warning([string]$message) { Write-OctopusLevel 'warning' $message }
+$__octopusScript = Join-Path $PSScriptRoot $args[0]
+$__octopusArguments = @($args | Select-Object -Skip 1)
+. $__octopusScript @__octopusArguments
+if ((Test-Path variable:global:LASTEXITCODE) -and $global:LASTEXITCODE) {
+  exit $global:LASTEXITCODE
+}
+exit 0
+"""
+
+
 def files_for(syntax: str, variables: Sequence[Variable]) -> dict[str, bytes]:
     """The bootstrap and variables file of a syntax (none for one without helpers; no
     variables file without variables: a file costs an inode on every run)."""
@@ -155,8 +211,8 @@ def files_for(syntax: str, variables: Sequence[Variable]) -> dict[str, bytes]:
                 for name, value, _sensitive in variables
             )
         return files
-    if syntax == "python":
-        files = {BOOTSTRAP[syntax]: _PY.encode()}
+    if syntax in ("python", "powershell"):
+        files = {BOOTSTRAP[syntax]: (_PY if syntax == "python" else _PS1).encode()}
         if variables:
             doc = {name: value for name, value, _sensitive in variables}
             files[VARIABLES_PY] = json.dumps(doc).encode()

@@ -25,6 +25,8 @@ class Limits:
     tmp_bytes: int  # size of the private /tmp and /dev/shm (each)
     cpu_percent: int  # CPU bandwidth, 100 = one core
     artifact_bytes: int = 256 << 20  # artifacts the supervisor keeps of one run
+    package_bytes: int = 1 << 30  # what one package may unpack to
+    package_files: int = 10000  # entries in one package
 
 
 @dataclass(frozen=True)
@@ -44,5 +46,6 @@ class EffectivePolicy:
     environment_set: Mapping[str, str]
     concurrency: int
     require: frozenset[Layer]
+    package_sources: tuple[str, ...] = ()  # URL prefixes packages may be downloaded from
     # field name (dotted, e.g. "limits.memory") -> "file:line [[project]] match = '...'"
     sources: Mapping[str, str] = field(default_factory=dict)

@@ -150,6 +150,8 @@ class PolicySet:
             output_bytes=value["limits.output"],
             tmp_bytes=value["limits.tmp"],
             artifact_bytes=value["limits.artifacts"],
+            package_bytes=value["limits.package"],
+            package_files=value["limits.package_files"],
             cpu_percent=value["limits.cpu_percent"],
         )
         return EffectivePolicy(
@@ -166,6 +168,7 @@ class PolicySet:
             environment_set=MappingProxyType(dict(value["environment.set"])),
             concurrency=value["concurrency"],
             require=frozenset(Layer(name) for name in value["require"]),
+            package_sources=tuple(value["packages.sources"]),
             sources=MappingProxyType(
                 {name: _source(rule, name) for name, (_, rule) in merged.items()}
             ),

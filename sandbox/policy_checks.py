@@ -7,6 +7,8 @@ or None. `policy_fields` attaches them to the fields.
 from __future__ import annotations
 
 import fnmatch
+import re
+import urllib.parse
 
 from .fields import toml_value
 
@@ -169,4 +171,61 @@ def account_error(name: str) -> str | None:
             '"root" is never allowed: scripts must run unprivileged;'
             ' use "dynamic" or an unprivileged account'
         )
+    return None
+
+
+# --- package sources ------------------------------------------------------------------
+
+_PORTS = {"https": 443, "http": 80}
+
+
+def _url(text: str) -> tuple[str, str, int, str] | str:
+    """(scheme, host, port, path) of a URL, or why it is unusable."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a URL: {exc}"
+    if parts.scheme not in _PORTS or not parts.hostname:
+        return "must be an https:// or http:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "carries credentials; they do not belong in a URL"
+    if parts.fragment:
+        return "has a #fragment"
+    path = parts.path or "/"
+    segments = urllib.parse.unquote(path).split("/")
+    if ".." in segments or "." in segments or re.search(r"%(2[ef]|5c)", path, re.IGNORECASE):
+        return "has '.', '..' or an encoded '.', '/' or '\\' in its path"
+    return parts.scheme, parts.hostname.lower(), port or _PORTS[parts.scheme], path
+
+
+def source_error(source: str) -> str | None:
+    """Why `packages.sources` may not list `source`, or None."""
+    found = _url(source)
+    if isinstance(found, str):
+        shown = re.sub(r"//[^/@]*@", "//***@", source)  # never repeat a password
+        return f"{toml_value(shown)} {found}"
+    if urllib.parse.urlsplit(source).query:
+        return f"{toml_value(source)} has a ?query; list a path prefix"
+    if not found[3].endswith("/"):
+        return (
+            f"{toml_value(source)}: end the path with '/', so that a prefix such as /releases"
+            " does not also allow /releases-other"
+        )
+    return None
+
+
+def source_for(url: str, sources: tuple[str, ...]) -> str | None:
+    """The first of `sources` that allows downloading `url`; raises ValueError for a URL
+    that is unusable whatever the sources (the message says why)."""
+    found = _url(url)
+    if isinstance(found, str):
+        raise ValueError(f"the URL {found}")
+    scheme, host, port, path = found
+    for source in sources:
+        allowed = _url(source)
+        if isinstance(allowed, str):
+            continue
+        if allowed[:3] == (scheme, host, port) and path.startswith(allowed[3]):
+            return source
     return None

@@ -24,6 +24,7 @@ from .policy_checks import (
     env_name_error,
     env_values_error,
     read_write_check,
+    source_error,
     visible_error,
 )
 
@@ -121,6 +122,23 @@ LIMITS = (
         maximum=64 * GiB,
     ),
     Field(
+        "package",
+        Kind.SIZE,
+        "Most bytes a package may unpack to (counted as written, whatever the archive"
+        " claims); more refuses the package.",
+        default="1GiB",
+        minimum=1 * MiB,
+        maximum=1 * TiB,
+    ),
+    Field(
+        "package_files",
+        Kind.INT,
+        "Most entries (files, directories, links) in one package; more refuses it.",
+        default=10000,
+        minimum=1,
+        maximum=1000000,
+    ),
+    Field(
         "tmp",
         Kind.SIZE,
         "Size of the script's private /tmp, and of its /dev/shm.",
@@ -182,6 +200,21 @@ ENVIRONMENT = (
         item_validator=env_name_error,
         validator=env_values_error,
         example={"TZ": "UTC"},
+    ),
+)
+
+PACKAGES = (
+    Field(
+        "sources",
+        Kind.STR_LIST,
+        "URL prefixes the worker may download this project's packages from"
+        " (`POST /v1/projects/{project}/packages`), each `https://host[:port]/path/` or"
+        " `http://...` (the SHA-256 every download must name keeps plain HTTP honest)."
+        " A URL matches when its scheme, host and port are the prefix's and its path starts"
+        " with the prefix's path; redirects must match too. Empty: no downloads.",
+        default=[],
+        item_validator=source_error,
+        example=["https://packages.example.com/releases/"],
     ),
 )
 
@@ -250,6 +283,12 @@ RULE = (
         Kind.TABLE,
         "Host paths made visible inside the sandbox.",
         fields=FILESYSTEM,
+    ),
+    Field(
+        "packages",
+        Kind.TABLE,
+        "Where packages may come from, besides uploads.",
+        fields=PACKAGES,
     ),
     Field(
         "environment",

@@ -9,6 +9,7 @@ descriptors the caller reads; `run()` is the blocking loop used by
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import select
@@ -17,10 +18,12 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .accounts import Account, Accounts
 from .bootstrap import BOOTSTRAP, Variable, files_for
 from .cgroups import ScriptGroup, instance_tag
+from .deploy import CONFIG as DEPLOY_CONFIG
 from .effective import EffectivePolicy
 from .host import HostSupport, probe
 from .layers import Layer
@@ -31,6 +34,9 @@ from .syntaxes import SYNTAXES, interpreter_for
 from .workspace import RunDirs, Workspaces
 from .zygote import Zygote, ZygoteError
 
+DEPLOY = Path(__file__).with_name("deploy.py")
+DEPLOY_SCRIPT = ".octopus.deploy.py"
+RESERVED_SCRIPT = ".octopus."  # the start's own script in a package step: no name clash
 SETUP_DEADLINE = 30.0
 BACKUP_DEADLINE = 10.0  # after the first SIGKILL, wait at most this long for the exit
 
@@ -46,6 +52,15 @@ class Request:
     arguments: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
     variables: tuple[Variable, ...] = ()  # (name, value, sensitive): bootstrap.py
+    package: Package | None = None  # a package step (deploy.py): body, if any, runs in it
+
+
+@dataclass(frozen=True)
+class Package:
+    """A package from the project's cache, extracted and run by deploy.py in the sandbox."""
+
+    path: str  # opened by the supervisor (O_NOFOLLOW) and given to the run as its stdin
+    substitute: tuple[str, ...] = ()  # globs of files to substitute #{Name} in
 
 
 OutputSink = Callable[[str, bytes], None]  # (source: "stdout"/"stderr"/"debug", data)
@@ -139,47 +154,114 @@ class Sandbox:
         self.workspaces.prepare()
         account = self._account(request.project, policy)
         owner = account or _self()
-        files: dict[str, bytes] = {}
-        if request.argv:
+        cwd = self.workspaces.run_path(request.project, request.run_id)
+        if request.package is not None:
+            argv, files = self._package_step(request, policy, cwd)
+        elif request.argv:
             if not os.path.isabs(request.argv[0]):
                 raise Refused(f"{request.argv[0]!r}: give the program as an absolute path")
-            argv = list(request.argv)
+            argv, files = list(request.argv), {}
         else:
+            argv, files = self._script(request, policy, cwd)
+        stdin = _open_package(request.package) if request.package else None
+        try:
+            dirs = self.workspaces.create_run(request.project, request.run_id, owner, files)
             try:
-                interp = interpreter_for(
-                    request.syntax, self.settings.interpreters, policy.syntaxes
-                )
-            except ValueError as exc:
-                raise Refused(str(exc)) from None
-            syntax = SYNTAXES[request.syntax]
-            files[syntax.filename] = (request.body or "").encode()
-            files |= files_for(request.syntax, request.variables)
-            argv = []  # filled below, once the run directory is known
-        dirs = self.workspaces.create_run(request.project, request.run_id, owner, files)
-        if not argv:
-            name = SYNTAXES[request.syntax].filename
-            args = list(request.arguments)
-            if request.syntax in BOOTSTRAP:  # the helpers first, then the script
-                script, args = str(dirs.cwd / BOOTSTRAP[request.syntax]), [name, *args]
-            else:
-                script = str(dirs.cwd / name)
-            argv = SYNTAXES[request.syntax].argv(interp, script, args)
-        plan = build(self.settings, policy, self.host, account=owner, dirs=dirs, argv=argv)
-        return self._spawn(plan, policy, owner, dirs, request.run_id)
+                plan = build(self.settings, policy, self.host, account=owner, dirs=dirs, argv=argv)
+            except BaseException:
+                dirs.close()
+                raise
+        except BaseException:
+            if stdin is not None:
+                os.close(stdin)
+            raise
+        return self._spawn(plan, policy, owner, dirs, request.run_id, stdin=stdin)
+
+    def _script(
+        self, request: Request, policy: EffectivePolicy, cwd: Path
+    ) -> tuple[list[str], dict[str, bytes]]:
+        """A script body in its syntax: the argv and the run directory's files."""
+        try:
+            interp = interpreter_for(request.syntax, self.settings.interpreters, policy.syntaxes)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        syntax = SYNTAXES[request.syntax]
+        files = {syntax.filename: (request.body or "").encode()}
+        files |= files_for(request.syntax, request.variables)
+        args = list(request.arguments)
+        if request.syntax in BOOTSTRAP:  # the helpers first, then the script
+            script, args = str(cwd / BOOTSTRAP[request.syntax]), [syntax.filename, *args]
+        else:
+            script = str(cwd / syntax.filename)
+        return syntax.argv(interp, script, args), files
+
+    def _package_step(
+        self, request: Request, policy: EffectivePolicy, cwd: Path
+    ) -> tuple[list[str], dict[str, bytes]]:
+        """deploy.py, its settings, and a bootstrap for each syntax the stages may use."""
+        assert request.package is not None
+        python = self.settings.interpreters.get("python", "")
+        if not os.path.isabs(python) or not os.access(python, os.X_OK):
+            raise Refused(
+                "packages are extracted and run by sandworker's package runner, which needs"
+                f" the python interpreter (interpreters.python, {python or 'unset'}) on this"
+                " worker"
+            )
+        files = {DEPLOY_SCRIPT: DEPLOY.read_bytes()}
+        files |= files_for("python", request.variables)  # deploy.py reads its variables file
+        syntaxes: dict[str, list[str]] = {}
+        for syntax in policy.syntaxes:
+            try:
+                interp = interpreter_for(syntax, self.settings.interpreters, policy.syntaxes)
+            except ValueError:
+                continue  # a stage in it is refused by deploy.py, with the reason
+            files |= files_for(syntax, request.variables)
+            syntaxes[syntax] = SYNTAXES[syntax].argv(interp, BOOTSTRAP[syntax], [])
+        script = ""
+        if request.body:
+            if request.syntax not in syntaxes:
+                raise Refused(f"syntax {request.syntax!r} is not available for this project")
+            script = RESERVED_SCRIPT + SYNTAXES[request.syntax].filename
+            files[script] = request.body.encode()
+        limits = policy.limits
+        config = {
+            "package": os.path.basename(request.package.path),
+            "max_bytes": limits.package_bytes,
+            "max_files": limits.package_files,
+            "syntaxes": syntaxes,
+            "substitute": list(request.package.substitute),
+            "arguments": list(request.arguments),
+            "script": script,
+            "script_syntax": request.syntax,
+        }
+        files[DEPLOY_CONFIG] = json.dumps(config).encode()
+        return [python, "-I", "-S", str(cwd / DEPLOY_SCRIPT)], files
 
     def _spawn(
-        self, plan: Plan, policy: EffectivePolicy, account: Account, dirs: RunDirs, run_id: str
+        self,
+        plan: Plan,
+        policy: EffectivePolicy,
+        account: Account,
+        dirs: RunDirs,
+        run_id: str,
+        *,
+        stdin: int | None = None,
     ) -> Running:
         wanted = set(plan.applied)
         group = None
         if wanted & {Layer.CGROUP_MEMORY, Layer.CGROUP_PIDS, Layer.CGROUP_CPU, Layer.CGROUP_KILL}:
             name = f"{self.cgroup_tag}-{run_id}"
-            group = ScriptGroup.create(self.host.hierarchy, name, policy.limits, wanted)
+            try:
+                group = ScriptGroup.create(self.host.hierarchy, name, policy.limits, wanted)
+            except BaseException:
+                if stdin is not None:
+                    os.close(stdin)
+                raise
         status_r, status_w = os.pipe()
         go_r, go_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) if stdin is None else stdin
         theirs = [null, out_w, err_w, status_w, dirs.home_fd, dirs.cwd_fd, go_r]
         started = time.monotonic()
         try:
@@ -249,6 +331,14 @@ class Sandbox:
         outcome = running.finish(raw, setup_error)
         outcome.spawn_seconds = spawn_seconds
         return outcome
+
+
+def _open_package(package: Package) -> int:
+    """The package, for the run's standard input: the sandbox cannot reach the cache."""
+    try:
+        return os.open(package.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Refused(f"package {os.path.basename(package.path)}: {exc.strerror}") from None
 
 
 def _self() -> Account:

@@ -100,6 +100,10 @@ class Workspaces:
         _ensure_root_dir(self.state_dir, 0o711)
         _ensure_root_dir(self.projects, 0o711)
 
+    def run_path(self, project: str, run_id: str) -> Path:
+        """Where create_run() puts the run's working directory."""
+        return self.projects / validate_project(project) / "work" / validate_project(run_id)
+
     def create_run(
         self, project: str, run_id: str, account: Account, files: dict[str, bytes]
     ) -> RunDirs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -97,6 +98,30 @@ class Worker:
         finally:
             conn.close()
 
+    def curl(self, path: str, *args: str) -> tuple[int, str]:
+        """curl as an independent client: (status, body)."""
+        result = subprocess.run(
+            ["curl", "-sS", "--max-time", "60", "-k", "--cert", str(self.home / "client.crt"),
+             "--key", str(self.home / "client.key"), "-w", "\\n%{http_code}",
+             f"https://127.0.0.1:{self.port}{path}", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result
+        body, _, code = result.stdout.rpartition("\n")
+        return int(code), body
+
+    def upload(self, name: str, data: Path, project: str = "web") -> tuple[int, str]:
+        """PUT a package file (with its SHA-256) into the project's cache, with curl."""
+        sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
+        return self.upload_as(name, data, sha256, project)
+
+    def upload_as(
+        self, name: str, data: Path, sha256: str, project: str = "web"
+    ) -> tuple[int, str]:
+        path = f"/v1/projects/{project}/packages/{name}"
+        header = f"Sandworker-Sha256: {sha256}"
+        return self.curl(path, "-X", "PUT", "--data-binary", f"@{data}", "-H", header)
+
     def pages(self, ticket: str, after: int = -1) -> list[dict[str, Any]]:
         """Every status page from `after` on, until one says complete (at most 100)."""
         pages: list[dict[str, Any]] = []
@@ -126,10 +151,11 @@ def _worker(
     sandbox: str = "",
     external: str = "",
     metrics: str = "",
+    policy: str = "",
     uids: tuple[int, int] = (430000, 430999),
 ) -> Iterator[Worker]:
-    """A started daemon; `server`, `state`, `sandbox` and `external` are extra lines for
-    those tables."""
+    """A started daemon; `server`, `state`, `sandbox`, `external` and `metrics` are extra
+    lines for those tables, `policy` for the project rule of "web"."""
     home = tmp_path / "home"
     home.mkdir()
     write_pair(home / "worker.crt", home / "worker.key", "worker")
@@ -138,7 +164,7 @@ def _worker(
     TrustStore(home / "trust.toml").add(certificate_prints(home / "client.crt"))
     (home / "policies").mkdir()
     (home / "policies" / "p.toml").write_text(
-        'version = 1\n[[project]]\nmatch = "web"\ntimeout = "20s"\nkill_grace = "1s"\n'
+        'version = 1\n[[project]]\nmatch = "web"\ntimeout = "20s"\nkill_grace = "1s"\n' + policy
     )
     port, metrics_port = _free_port(), _free_port()
     if "stop_grace" not in server:  # a stop kills running scripts at once, as tests expect

@@ -55,6 +55,14 @@ def test_full_request_is_parsed() -> None:
         ({"wait_seconds": 61}, "wait_seconds must be a number of seconds from 0 to 60"),
         ({"colour": "red"}, "unknown field(s) colour; known: acquire_timeout, arguments"),
         ({"body": "a\x00b"}, "may not contain NUL characters"),
+        ({"package": 3}, "package must be the name of a package"),
+        ({"package": "../app.zip"}, "package name '../app.zip'"),
+        ({"package": "app.exe"}, "ending in .zip, .tar.gz, .tgz or .nupkg"),
+        ({"substitute": ["a"]}, "name the package too"),
+        ({"package": "a.zip", "substitute": "x"}, "substitute must be a list"),
+        ({"package": "a.zip", "substitute": ["/etc/x"]}, "relative to the package's top"),
+        ({"package": "a.zip", "substitute": ["a/../../x"]}, "relative to the package's top"),
+        ({"package": "a.zip", "substitute": ["x"] * 65}, "at most 64"),
     ],
 )
 def test_bad_fields_are_refused_with_an_actionable_detail(
@@ -64,6 +72,15 @@ def test_bad_fields_are_refused_with_an_actionable_detail(
         parse(**fields)
     assert caught.value.status == 400
     assert detail in caught.value.detail
+
+
+def test_a_package_step_needs_no_body() -> None:
+    raw = json.dumps({"project": "web", "package": "app.1.0.tar.gz", "substitute": ["*.conf"]})
+    request = StartRequest.parse(raw.encode())
+    assert (request.package, request.substitute, request.body) == (
+        "app.1.0.tar.gz", ("*.conf",), ""
+    )  # fmt: skip
+    assert request.forwarded()["package"] == "app.1.0.tar.gz"  # a proxy passes it on
 
 
 @pytest.mark.parametrize("raw", [b"{", b"[]", b"\xff", b'"x"'])
