@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from sandworker.sandbox.settings import DEFAULT_INTERPRETERS
+from tests.e2e.archives import make_zip
 from tests.e2e.daemon import Worker, _worker, lines
-from tests.e2e.test_deploy import deploy, make_zip
+from tests.e2e.test_deploy import deploy
 
 PWSH = DEFAULT_INTERPRETERS["powershell"]
 pytestmark = pytest.mark.skipif(

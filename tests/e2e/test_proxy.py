@@ -20,6 +20,7 @@ import pytest
 
 from sandworker.daemon.certs import certificate_prints
 from sandworker.daemon.trust import TrustStore
+from tests.e2e.archives import make_zip
 from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
 from tests.e2e.test_calamari import _download
 
@@ -278,3 +279,24 @@ def test_variables_outputs_and_masking_through_the_proxy(fleet: Fleet) -> None:
     )
     status, _ = _download(fleet.proxy, "/v1/scripts/vars/artifacts/nope")
     assert status == 404
+
+
+def test_packages_stay_at_the_workers_and_a_package_step_runs_through_the_proxy(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    w1 = fleet.workers[0]
+    fleet.add(w1)
+    fleet.wait_health((w1, True))
+    package = tmp_path / "app.zip"
+    package.write_bytes(make_zip([("file", "Deploy.sh", "echo deployed at the worker\n")]))
+    status, body = fleet.proxy.upload("app.zip", package)
+    assert status == 501 and "send packages to each worker" in body, body
+    url = "https://example.com/app.zip"
+    fetch = json.dumps({"name": "app.zip", "url": url, "sha256": "a" * 64})
+    status, body = fleet.proxy.curl("/v1/projects/web/packages", "-X", "POST", "--data-binary",
+                                    fetch)  # fmt: skip
+    assert status == 501, body
+    assert w1.upload("app.zip", package)[0] == 201
+    doc = run(fleet.proxy, "package", "", package="app.zip")
+    assert doc["exit_code"] == 0, doc
+    assert "deployed at the worker" in lines(doc), doc
