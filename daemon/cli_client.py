@@ -1,8 +1,10 @@
-"""`sandworker script run|start|status|logs|cancel|complete|artifacts`: the client side."""
+"""`sandworker script run|start|status|logs|cancel|complete|artifacts` and `sandworker
+package upload|fetch|list`: the client side."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import urllib.parse
 import uuid
@@ -41,8 +43,24 @@ def _exit_code(status: dict[str, Any]) -> int:
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
-    body = args.command if args.command is not None else Path(args.file).read_text()
-    request: dict[str, Any] = {"project": args.project, "syntax": args.syntax, "body": body}
+    """The start request of `script run|start`; ClientError for what cannot be read."""
+    from .client import ClientError  # noqa: PLC0415
+
+    if args.command is None and args.file is None and args.package is None:
+        raise ClientError("give the script (FILE or -c TEXT), a --package, or both")
+    try:
+        body = args.command if args.command is not None else ""
+        if args.file is not None:
+            body = Path(args.file).read_text()
+        request: dict[str, Any] = {"project": args.project, "syntax": args.syntax, "body": body}
+        if args.variables:  # a file: values never go on a command line
+            request["variables"] = json.loads(Path(args.variables).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ClientError(f"cannot read the request's files: {exc}") from None
+    if args.package:
+        request["package"] = args.package
+    if args.substitute:
+        request["substitute"] = args.substitute
     if args.timeout:
         request["timeout"] = args.timeout
     if args.isolation:
@@ -144,17 +162,42 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from .client import ClientError  # noqa: PLC0415
+
+    where = f"/v1/projects/{urllib.parse.quote(args.project, safe='')}/packages"
+    try:
+        client = _client(args)
+        if args.operation == "list":
+            for item in client.checked("GET", where)["packages"]:
+                print(f"{item['name']}\t{item['length']} bytes\tsha256 {item.get('sha256')}")
+            return 0
+        if args.operation == "upload":
+            name = args.name or Path(args.file).name
+            doc = client.upload(args.project, name, Path(args.file))
+        else:
+            name = args.name or urllib.parse.urlsplit(args.url).path.rsplit("/", 1)[-1]
+            doc = client.checked("POST", where, {"name": name, "url": args.url,
+                                                 "sha256": args.sha256})  # fmt: skip
+    except (ClientError, OSError) as exc:
+        print(f"sandworker: {exc}", file=sys.stderr)
+        return 1
+    print(f"{doc['name']}\t{doc['length']} bytes\tsha256 {doc['sha256']}")
+    return 0
+
+
+def profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        help="client profile (default $SANDWORKER_PROFILE, else"
+        " $XDG_CONFIG_HOME or ~/.config, then sandworker/profile.toml)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     script = subparsers.add_parser("script", help="run scripts on a worker").add_subparsers(
         dest="script_command", required=True
     )
-
-    def profile(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--profile",
-            help="client profile (default $SANDWORKER_PROFILE, else"
-            " $XDG_CONFIG_HOME or ~/.config, then sandworker/profile.toml)",
-        )
 
     def script_args(p: argparse.ArgumentParser) -> None:
         profile(p)
@@ -164,7 +207,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p.add_argument("--isolation", choices=["full", "none"])
         p.add_argument("--mutex", help="isolation mutex name")
         p.add_argument("--ticket", help="ticket id (default: a new random one)")
-        what = p.add_mutually_exclusive_group(required=True)
+        p.add_argument(
+            "--package",
+            metavar="NAME",
+            help="a package of the project's cache: run its stage scripts",
+        )
+        p.add_argument(
+            "--substitute",
+            action="append",
+            metavar="GLOB",
+            help="substitute #{Name} in the package's files matching GLOB",
+        )
+        p.add_argument("--variables", metavar="FILE",
+                       help='a JSON list of {"name", "value", "sensitive"}')  # fmt: skip
+        what = p.add_mutually_exclusive_group()
         what.add_argument("file", nargs="?")
         what.add_argument("-c", dest="command", metavar="TEXT")
 
@@ -199,3 +255,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     artifacts.add_argument("ticket")
     artifacts.add_argument("--download", metavar="DIR", help="fetch the kept ones into DIR")
     artifacts.set_defaults(func=cmd_artifacts)
+    _register_packages(subparsers)
+
+
+def _register_packages(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    package = subparsers.add_parser(
+        "package", help="packages in a project's cache on a worker"
+    ).add_subparsers(dest="package_command", required=True)
+    upload = package.add_parser("upload", help="upload a package file (its SHA-256 checked)")
+    fetch = package.add_parser("fetch", help="have the worker download a package itself")
+    listing = package.add_parser("list", help="list the project's cached packages")
+    for sub in (upload, fetch, listing):
+        profile(sub)
+        sub.add_argument("--project", required=True)
+    upload.add_argument("file")
+    upload.add_argument("--name", help="its name in the cache (default: the file's)")
+    fetch.add_argument("url")
+    fetch.add_argument("--sha256", required=True, help="the SHA-256 the download must have")
+    fetch.add_argument("--name", help="its name in the cache (default: the URL's last part)")
+    upload.set_defaults(func=cmd_package, operation="upload")
+    fetch.set_defaults(func=cmd_package, operation="fetch")
+    listing.set_defaults(func=cmd_package, operation="list")

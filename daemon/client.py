@@ -6,6 +6,7 @@ pinned thumbprint and the client's certificate and key.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -89,6 +90,19 @@ class _Channel:
             self.close()
         self._request = (method, path, None if body is None else json.dumps(body).encode())
         self._send(retry=True)
+
+    def send_file(self, path: str, body: BinaryIO, headers: dict[str, str]) -> None:
+        """PUT a file's bytes (a package), streamed on a fresh connection, never resent."""
+        self.close()
+        host, port = self._where
+        self._conn = http.client.HTTPSConnection(
+            host, port, context=self._context, timeout=self._timeout
+        )
+        self._request = ("PUT", path, None)
+        try:
+            self._conn.request("PUT", path, body=body, headers=headers)
+        except OSError as exc:
+            raise self._unreachable(exc) from None
 
     def receive(self) -> http.client.HTTPResponse:
         """The answer to the request in flight: status and headers read, the body not yet."""
@@ -212,6 +226,24 @@ class Client:
             channel.close()
             raise ClientError(f"the download of {path} broke off: {exc}") from None
         return copied
+
+    def upload(self, project: str, name: str, path: Path) -> dict[str, Any]:
+        """A package file into the project's cache at the worker, with its SHA-256."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as data:
+            while chunk := data.read(1 << 20):
+                digest.update(chunk)
+            length = data.tell()
+            data.seek(0)
+            headers = {"Content-Length": str(length), "Sandworker-Sha256": digest.hexdigest(),
+                       "Content-Type": "application/octet-stream"}  # fmt: skip
+            quoted = urllib.parse.quote(name, safe="")
+            channel = self._channels[0]
+            channel.send_file(f"/v1/projects/{project}/packages/{quoted}", data, headers)
+            status, doc = channel.decode(channel.receive())
+        if status >= 400:
+            raise _refused(status, doc)
+        return doc
 
     def start(self, ticket: str, request: dict[str, Any]) -> dict[str, Any]:
         return self.checked("PUT", f"/v1/scripts/{ticket}", request)

@@ -98,6 +98,16 @@ class Worker:
         finally:
             conn.close()
 
+    def profile(self) -> Path:
+        """A client profile for the `sandworker script|package` commands."""
+        profile = self.home / "profile.toml"
+        pin = certificate_prints(self.home / "worker.crt").sha256
+        profile.write_text(
+            f'url = "https://127.0.0.1:{self.port}"\nthumbprint = "{pin}"\n'
+            'certificate = "client.crt"\nkey = "client.key"\n'
+        )
+        return profile
+
     def curl(self, path: str, *args: str) -> tuple[int, str]:
         """curl as an independent client: (status, body)."""
         result = subprocess.run(

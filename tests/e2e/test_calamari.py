@@ -235,12 +235,7 @@ def test_artifacts_are_kept_without_following_links_and_downloaded(worker: Worke
     assert status == 404 and b"no kept artifact" in problem
     root_only = worker.state / "tickets" / "tickets" / "art" / "artifact-0"
     assert root_only.stat().st_mode & 0o777 == 0o600
-    profile = worker.home / "profile.toml"
-    pin = certificate_prints(worker.home / "worker.crt").sha256
-    profile.write_text(
-        f'url = "https://127.0.0.1:{worker.port}"\nthumbprint = "{pin}"\n'
-        'certificate = "client.crt"\nkey = "client.key"\n'
-    )
+    profile = worker.profile()
     into = worker.home / "downloaded"
     into.mkdir()
     listed = subprocess.run(

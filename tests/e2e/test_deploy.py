@@ -5,8 +5,11 @@ hostile archive shape is refused with a reason, writing nothing outside the run 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 
 from sandworker.daemon.builtin import run_id
 from tests.e2e.archives import Entry, make_tar, make_zip
-from tests.e2e.daemon import Worker, _worker, lines
+from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +234,44 @@ def test_a_damaged_archive_is_refused(deployer: Worker, tmp_path: Path) -> None:
         assert doc["exit_code"] == 1, doc
         assert "refused: it is not a valid" in doc["result_message"], doc
         deployer.call("DELETE", f"/v1/scripts/junk-{name}")
+
+
+def test_the_cli_uploads_lists_and_runs_a_package(deployer: Worker, tmp_path: Path) -> None:
+    entries: list[Entry] = [
+        ("file", "Deploy.sh", "cat app.conf; fail_step 'stopped on purpose'\n"),
+        ("file", "app.conf", "to=#{Target} key=#{Key}\n"),
+    ]
+    package = tmp_path / "cli.tar.gz"
+    package.write_bytes(make_tar(entries))
+    profile = str(deployer.profile())
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SANDWORKER, *args, "--profile", profile], capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+
+    uploaded = cli("package", "upload", "--project", "web", str(package))
+    assert uploaded.returncode == 0, uploaded
+    sha = hashlib.sha256(package.read_bytes()).hexdigest()
+    assert uploaded.stdout == f"cli.tar.gz\t{package.stat().st_size} bytes\tsha256 {sha}\n"
+    assert (
+        f"cli.tar.gz\t{package.stat().st_size} bytes"
+        in cli("package", "list", "--project", "web").stdout
+    )
+    variables = tmp_path / "vars.json"
+    variables.write_text(
+        json.dumps(
+            [
+                {"name": "Target", "value": "prod"},
+                {"name": "Key", "value": "k-3141", "sensitive": True},
+            ]
+        )
+    )
+    ran = cli("script", "run", "--project", "web", "--package", "cli.tar.gz",
+              "--variables", str(variables), "--substitute", "*.conf")  # fmt: skip
+    assert ran.returncode == 1, ran
+    assert "to=prod key=********" in ran.stdout and "k-3141" not in ran.stdout, ran
+    refused = cli("package", "fetch", "--project", "web", "--sha256", "a" * 64,
+                  "https://example.com/x.zip")  # fmt: skip
+    assert refused.returncode == 1 and "lists no packages.sources" in refused.stderr, refused
+    nothing = cli("script", "run", "--project", "web")
+    assert nothing.returncode == 125 and "give the script" in nothing.stderr, nothing
