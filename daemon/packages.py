@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import re
 import urllib.error
@@ -64,8 +65,8 @@ class PackageCache:
         self.root = root
 
     def store(
-        self, project: str, name: str, body: IO[bytes], *, length: int | None, sha256: str,
-        limit: int,
+        self, project: str, name: str, body: IO[bytes] | _Download, *,
+        length: int | None, sha256: str, limit: int,
     ) -> int:  # fmt: skip
         """Keep one package (blocking: run it in a thread); its length, once verified."""
         validate_project(project)
@@ -131,8 +132,9 @@ class PackageCache:
                 announced = response.headers.get("Content-Length")
                 length = int(announced) if announced and announced.isdigit() else None
                 return self.store(
-                    project, name, response, length=length, sha256=sha256, limit=limit
-                )
+                    project, name, _Download(response, url, length), length=length, sha256=sha256,
+                    limit=limit,
+                )  # fmt: skip
         except urllib.error.HTTPError as exc:
             raise PackageError(502, f"{url} answered {exc.code} {exc.reason}; nothing was"
                                " kept") from None  # fmt: skip
@@ -180,6 +182,27 @@ def check_source(url: str, sources: tuple[str, ...]) -> str:
         raise PackageError(403, f"{url} is not under a source this project's policy allows"
                            f" (packages.sources: {allowed})")  # fmt: skip
     return source
+
+
+class _Download:
+    """The body of a download: a failure to read it is the source's, not the disk's."""
+
+    def __init__(self, response: IO[bytes], url: str, length: int | None) -> None:
+        self.response, self.url, self.length, self.got = response, url, length, 0
+
+    def read(self, size: int) -> bytes:
+        try:
+            chunk = self.response.read(size)
+            self.got += len(chunk)
+            if not chunk and self.length is not None and self.got < self.length:
+                raise http.client.IncompleteRead(b"", self.length - self.got)
+            return chunk
+        except TimeoutError:
+            raise PackageError(504, f"{self.url} stopped sending for {FETCH_TIMEOUT:.0f}s;"
+                               " nothing was kept") from None  # fmt: skip
+        except (OSError, http.client.HTTPException) as exc:
+            raise PackageError(502, f"the download of {self.url} broke off ({exc!r});"
+                               " nothing was kept") from None  # fmt: skip
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):

@@ -79,6 +79,13 @@ class _Files(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "/ok/app.zip")
             self.end_headers()
             return
+        if self.path == "/ok/cut.zip":  # promises more than it sends, then hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.close_connection = True
+            return
         data = self.files.get(self.path.rsplit("/", 1)[-1])
         if data is None:
             self.send_error(404)
@@ -153,6 +160,7 @@ def test_downloads_outside_the_sources_or_not_matching_are_refused(
         (f"{source}/ok/app.zip", "0" * 64, 400, "not the " + "0" * 64),
         (f"{source}/ok/app.zip", "nope", 400, "SHA-256"),
         (f"{source}/ok/missing.zip", sha, 502, "answered 404"),
+        (f"{source}/ok/cut.zip", sha, 502, "broke off"),
         (f"{source}/ok/big.zip", sha, 413, "server.max_package"),
         (f"http://127.0.0.1:{_free_port()}/ok/app.zip", sha, 403, "not under a source"),
     ]
