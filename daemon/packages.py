@@ -30,6 +30,7 @@ from sandworker.sandbox.projects import validate_project
 
 RESERVE = 64 << 20  # bytes left free on the state filesystem after an upload
 CHUNK = 1 << 20
+PACKAGE_FORMATS = (".zip", ".tar.gz", ".tgz", ".nupkg")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.(zip|tar\.gz|tgz|nupkg)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 FETCH_TIMEOUT = 30.0  # seconds without a byte from the source

@@ -32,7 +32,7 @@ from .client import NEXT_SEQ_HEADER, STATE_HEADER
 from .driver import reactor
 from .http import Body, Encoded, FileBody, Handler, Identity
 from .metrics import Metrics
-from .packages import PackageCache, PackageError, check_name, check_sha256
+from .packages import PACKAGE_FORMATS, PackageCache, PackageError, check_name, check_sha256
 from .pools import Pools
 from .proxy import Proxy
 from .scheduler import Scheduler
@@ -314,7 +314,11 @@ class ScriptService:
             "version": __version__,
             "syntaxes": [s for s in SYNTAXES if s in self.sandbox.settings.interpreters],
             "layers": [str(layer) for layer in Layer if layer not in host.missing],
-        }
+            "packages": None if self.proxy.active else {
+                "formats": list(PACKAGE_FORMATS), "upload": True, "download": True,
+                "stages": ["PreDeploy", "Deploy", "PostDeploy", "DeployFailed"],
+            },
+        }  # fmt: skip
 
     # --- running ----------------------------------------------------------------------------
 

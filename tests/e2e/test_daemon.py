@@ -151,6 +151,7 @@ def test_health_and_capabilities(worker: Worker) -> None:
     assert worker.call("GET", "/v1/health")[1]["running"] == 1
     _, caps = worker.call("GET", "/v1/capabilities")
     assert "bash" in caps["syntaxes"] and caps["protocol"] == 1
+    assert caps["packages"]["formats"] == [".zip", ".tar.gz", ".tgz", ".nupkg"], caps
 
 
 def test_no_script_process_is_left(worker: Worker) -> None:
