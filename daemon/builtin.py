@@ -37,6 +37,7 @@ from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, TicketStoreError, exit_c
 from .ticketstore import TicketStore
 
 log = logging.getLogger(__name__)
+FAIL_ON_STDERR = "Octopus.Action.FailScriptOnErrorOutput"  # True: any stderr fails the step
 
 
 class BuiltinWorker:
@@ -64,6 +65,7 @@ class BuiltinWorker:
         self._timer: Any = None
         self._said: dict[str, str] = {}  # ticket -> the last "why waiting" line logged
         self._output_lost: dict[str, str] = {}  # ticket -> why its output stopped being kept
+        self._strict_stderr: dict[str, bool] = {}  # FailScriptOnErrorOutput: stderr seen yet
         self._workdirs: dict[str, tuple[Path, int, EffectivePolicy]] = {}  # for artifacts
         self.packages: PackageCache | None = None  # the projects' package caches
 
@@ -230,7 +232,12 @@ class BuiltinWorker:
             uid=account[0] if account else None, gid=account[1] if account else None,
         )  # fmt: skip
 
+        if any(v.name == FAIL_ON_STDERR and v.value.lower() == "true" for v in start.variables):
+            self._strict_stderr[ticket.id] = False
+
         def on_output(source: str, data: bytes) -> None:
+            if source == "stderr" and ticket.id in self._strict_stderr:
+                self._strict_stderr[ticket.id] = True
             try:
                 ticket.output(source, data)
             except TicketStoreError as exc:  # the output cannot be kept: stop the script
@@ -266,6 +273,7 @@ class BuiltinWorker:
         self._drivers.pop(ticket.id, None)
         self.scheduler.finished(ticket.id)
         lost = self._output_lost.pop(ticket.id, None)
+        wrote_stderr = self._strict_stderr.pop(ticket.id, False)
         if lost is not None:
             exit_code, reason, message = FATAL, "output lost", lost
         elif outcome is None:
@@ -276,6 +284,9 @@ class BuiltinWorker:
                 str(outcome.reason),
                 outcome.message,
             )
+            if exit_code == 0 and wrote_stderr:  # Calamari's rule, when the step asks for it
+                exit_code = 1
+                message = f"the script wrote to stderr, and {FAIL_ON_STDERR} is True"
         workdir = self._workdirs.pop(ticket.id, None)
         if workdir is None or not ticket.record.artifacts:
             self._end(ticket, exit_code, reason, message)

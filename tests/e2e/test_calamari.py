@@ -265,3 +265,14 @@ def test_artifacts_beyond_the_policys_budget_are_refused(worker: Worker) -> None
     first, second = doc["artifacts"]
     assert first["kept"] and not second["kept"], doc["artifacts"]
     assert "limits.artifacts leaves 424" in second["refused"]
+
+
+def test_fail_script_on_error_output_turns_stderr_into_a_failure(worker: Worker) -> None:
+    body = "echo fine; echo 'a warning on stderr' >&2"
+    assert start(worker, "lenient", "bash", body)["exit_code"] == 0
+    strict = [{"name": "Octopus.Action.FailScriptOnErrorOutput", "value": "True"}]
+    doc = start(worker, "strict", "bash", body, variables=strict)
+    assert doc["exit_code"] == 1, doc
+    assert "wrote to stderr, and Octopus.Action.FailScriptOnErrorOutput is True" in doc["message"]
+    quiet = start(worker, "strict-quiet", "bash", "echo fine", variables=strict)
+    assert quiet["exit_code"] == 0, quiet
