@@ -207,7 +207,7 @@ class Client:
     def checked(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         status, doc = self.call(method, path, body)
         if status >= 400:
-            raise _refused(status, doc)
+            raise refused(status, doc)
         return doc
 
     def download(self, path: str, out: BinaryIO) -> int:
@@ -216,7 +216,7 @@ class Client:
         channel.send("GET", path)
         response = channel.receive()
         if response.status >= 400:
-            raise _refused(*channel.decode(response))
+            raise refused(*channel.decode(response))
         copied = 0
         try:
             while chunk := response.read(1 << 20):
@@ -242,7 +242,7 @@ class Client:
             channel.send_file(f"/v1/projects/{project}/packages/{quoted}", data, headers)
             status, doc = channel.decode(channel.receive())
         if status >= 400:
-            raise _refused(status, doc)
+            raise refused(status, doc)
         return doc
 
     def start(self, ticket: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +275,7 @@ class Client:
                 other.send("GET", page + str(ahead))
             status, doc = current.decode(response)
             if status >= 400:
-                raise _refused(status, doc)
+                raise refused(status, doc)
             if ahead is not None and ahead != doc["next_seq"] - 1:
                 raise ClientError(f"the worker's answer for ticket {ticket} contradicts itself")
             for line in doc["logs"]:
@@ -301,5 +301,5 @@ def _next_after(response: http.client.HTTPResponse) -> int | None:
     return int(next_seq) - 1
 
 
-def _refused(status: int, doc: dict[str, Any]) -> ClientError:
+def refused(status: int, doc: dict[str, Any]) -> ClientError:
     return ClientError(f"{status} {doc.get('title', '')}: {doc.get('detail', doc)}", status)

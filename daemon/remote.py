@@ -23,7 +23,7 @@ from typing import Any
 from twisted.internet import reactor as _reactor
 from twisted.internet.threads import blockingCallFromThread
 
-from .client import POLL_SECONDS, ClientError
+from .client import POLL_SECONDS, ClientError, refused
 from .pools import Pools
 from .ticketlog import rfc3339
 from .tickets import CANCELLED, FATAL, RESULT_LOST
@@ -191,7 +191,7 @@ class RemoteRun:
             path = f"/v1/scripts/{self.ticket_id}?after={after}&wait={POLL_SECONDS}"
             status, doc = client.call("GET", path)
         if status >= 500:  # the worker is in trouble, not the script: as if unreachable
-            raise ClientError(f"{status} {doc.get('title', '')}: {doc.get('detail', '')}")
+            raise refused(status, doc)
         return status, doc
 
     def _current(self) -> ExternalWorker:
