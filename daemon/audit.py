@@ -59,6 +59,7 @@ class Event(enum.StrEnum):
     WORKER_HEALTH = "worker.health"  # an external worker became healthy or unhealthy
     PACKAGE_UPLOADED = "package.uploaded"  # project, name, sha256, length, client
     PACKAGE_FETCHED = "package.fetched"  # the same, and the url it was downloaded from
+    PACKAGE_REMOVED = "package.removed"  # project, name, client
     TRUST_CHANGED = "trust.changed"  # the trust file now trusts other clients (added, removed)
 
 

@@ -1,5 +1,5 @@
 """`sandworker script run|start|status|logs|cancel|complete|artifacts` and `sandworker
-package upload|fetch|list`: the client side."""
+package upload|fetch|list|remove`: the client side."""
 
 from __future__ import annotations
 
@@ -172,6 +172,10 @@ def cmd_package(args: argparse.Namespace) -> int:
             for item in client.checked("GET", where)["packages"]:
                 print(f"{item['name']}\t{item['length']} bytes\tsha256 {item.get('sha256')}")
             return 0
+        if args.operation == "remove":
+            client.checked("DELETE", f"{where}/{urllib.parse.quote(args.name, safe='')}")
+            print(f"removed {args.name}")
+            return 0
         if args.operation == "upload":
             name = args.name or Path(args.file).name
             doc = client.upload(args.project, name, Path(args.file))
@@ -265,7 +269,9 @@ def _register_packages(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     upload = package.add_parser("upload", help="upload a package file (its SHA-256 checked)")
     fetch = package.add_parser("fetch", help="have the worker download a package itself")
     listing = package.add_parser("list", help="list the project's cached packages")
-    for sub in (upload, fetch, listing):
+    remove = package.add_parser("remove", help="remove a package from the project's cache")
+    remove.add_argument("name")
+    for sub in (upload, fetch, listing, remove):
         profile(sub)
         sub.add_argument("--project", required=True)
     upload.add_argument("file")
@@ -276,3 +282,4 @@ def _register_packages(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     upload.set_defaults(func=cmd_package, operation="upload")
     fetch.set_defaults(func=cmd_package, operation="fetch")
     listing.set_defaults(func=cmd_package, operation="list")
+    remove.set_defaults(func=cmd_package, operation="remove")

@@ -145,6 +145,26 @@ class PackageCache:
             raise PackageError(504, f"{url} sent nothing for {FETCH_TIMEOUT:.0f}s; nothing"
                                " was kept") from None  # fmt: skip
 
+    def remove(self, project: str, name: str) -> bool:
+        """Remove a cached package and its hash; False if there was none by that name."""
+        validate_project(project)
+        check_name(name)
+        try:
+            fd = os.open(self.root / project, _DIR)
+        except FileNotFoundError:
+            return False
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f".{name}.sha256", dir_fd=fd)
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                return False
+            os.fsync(fd)
+            return True
+        finally:
+            os.close(fd)
+
     def path(self, project: str, name: str) -> Path | None:
         """The cached package, if there is one by that name."""
         where = self.root / validate_project(project) / check_name(name)

@@ -100,6 +100,7 @@ class ScriptService:
             ("PUT", "projects/{}/packages/{}"): self.upload,
             ("GET", "projects/{}/packages"): self.packages_of,
             ("POST", "projects/{}/packages"): self.fetch,
+            ("DELETE", "projects/{}/packages/{}"): self.remove_package,
             ("GET", "health"): self.health,
             ("GET", "capabilities"): self.capabilities,
         }
@@ -210,6 +211,21 @@ class ScriptService:
         return 201, {"project": project, "name": name, "sha256": sha256, "length": length,
                      "url": url}  # fmt: skip
 
+    async def remove_package(
+        self, _request: server.Request, parts: list[str], who: Identity
+    ) -> tuple[int, Body]:
+        """Remove a package from the cache (scripts already running keep their copy)."""
+        project = self._package_project(parts[0], who)
+        name = urllib.parse.unquote(parts[2])
+        try:
+            removed = self.packages.remove(project, name)
+        except PackageError as exc:
+            raise Problem(exc.status, _TITLES.get(exc.status, "Error"), str(exc)) from None
+        if not removed:
+            raise Problem(404, "Not Found", f"project {project} has no package {name}")
+        self.audit.record(Event.PACKAGE_REMOVED, project=project, name=name, client=who.thumbprint)
+        return 200, {"project": project, "name": name, "removed": True}
+
     def _package_project(self, raw: str, who: Identity) -> str:
         project = self._project(raw, who)
         if self.proxy.active:
@@ -230,7 +246,7 @@ class ScriptService:
     async def packages_of(
         self, _request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, Body]:
-        project = self._project(parts[0], who)
+        project = self._package_project(parts[0], who)
         return 200, {"project": project, "packages": self.packages.list(project)}
 
     def _project(self, raw: str, who: Identity) -> str:

@@ -275,3 +275,13 @@ def test_the_cli_uploads_lists_and_runs_a_package(deployer: Worker, tmp_path: Pa
     assert refused.returncode == 1 and "lists no packages.sources" in refused.stderr, refused
     nothing = cli("script", "run", "--project", "web")
     assert nothing.returncode == 125 and "give the script" in nothing.stderr, nothing
+    removed = cli("package", "remove", "--project", "web", "cli.tar.gz")
+    assert removed.returncode == 0 and removed.stdout == "removed cli.tar.gz\n", removed
+    assert not (deployer.state / "packages" / "web" / "cli.tar.gz").exists()
+    again = cli("package", "remove", "--project", "web", "cli.tar.gz")
+    assert again.returncode == 1 and "has no package cli.tar.gz" in again.stderr, again
+    gone = cli("script", "run", "--project", "web", "--package", "cli.tar.gz")
+    assert gone.returncode == 125 and "not in project web's cache" in gone.stderr, gone
+    assert [e["name"] for e in deployer.audit() if e["event"] == "package.removed"] == [
+        "cli.tar.gz"
+    ]

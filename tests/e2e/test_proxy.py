@@ -296,6 +296,7 @@ def test_packages_stay_at_the_workers_and_a_package_step_runs_through_the_proxy(
     status, body = fleet.proxy.curl("/v1/projects/web/packages", "-X", "POST", "--data-binary",
                                     fetch)  # fmt: skip
     assert status == 501, body
+    assert fleet.proxy.curl("/v1/projects/web/packages")[0] == 501
     assert w1.upload("app.zip", package)[0] == 201
     doc = run(fleet.proxy, "package", "", package="app.zip")
     assert doc["exit_code"] == 0, doc
