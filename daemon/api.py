@@ -167,7 +167,7 @@ def json_object(raw: bytes, known: set[str]) -> dict[str, Any]:
     """A request body: a JSON object of only the `known` fields."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise bad_request("the body must be a JSON object")
@@ -223,7 +223,7 @@ def _package(raw: object) -> str | None:
 
 
 def _substitute(raw: object, package: str | None) -> tuple[str, ...]:
-    """`substitute`: globs of package files (relative, `*` spans directories)."""
+    """`substitute`: globs of package files (relative; `**/` spans directories)."""
     shape = f"substitute must be a list of at most {MAX_SUBSTITUTE} relative file globs"
     if raw and package is None:
         raise bad_request("substitute applies to a package's files: name the package too")
@@ -232,8 +232,10 @@ def _substitute(raw: object, package: str | None) -> tuple[str, ...]:
     for item in raw:
         if not isinstance(item, str) or not 0 < len(item) <= 256 or "\0" in item:
             raise bad_request(shape)
-        if item.startswith("/") or ".." in item.split("/"):
-            raise bad_request(f"substitute {item!r}: give a glob relative to the package's top")
+        if item.startswith("/") or ".." in item.split("/") or "\\" in item:
+            raise bad_request(
+                f"substitute {item!r}: give a glob relative to the package's top, with '/'"
+            )
     return tuple(raw)
 
 

@@ -9,6 +9,7 @@ answers whoever waits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -37,6 +38,7 @@ from .tickets import CANCELLED, FATAL, TIMEOUT, Ticket, TicketStoreError, exit_c
 from .ticketstore import TicketStore
 
 log = logging.getLogger(__name__)
+PACKAGE_LINK = "package"  # in a ticket's directory: the package it runs, from accept to start
 FAIL_ON_STDERR = "Octopus.Action.FailScriptOnErrorOutput"  # True: any stderr fails the step
 
 
@@ -80,8 +82,8 @@ class BuiltinWorker:
             policy = self.policies().resolve(start.project)
         except PolicyDenied as exc:
             raise Problem(403, "Forbidden", str(exc), reason="policy") from None
-        package = self._package(start)
-        if (start.body or package is None) and start.syntax not in policy.syntaxes:
+        self._check_package(start)
+        if (start.body or start.package is None) and start.syntax not in policy.syntaxes:
             raise Problem(
                 403,
                 "Forbidden",
@@ -107,8 +109,9 @@ class BuiltinWorker:
             syntax=start.syntax,
             client=client,
             sha256=start.sha256,
-            **({"package": start.package, "package_sha256": package[1]} if package else {}),
-        )
+            **({"package": start.package, "package_sha256": self._take_package(ticket, start)}
+               if start.package else {}),
+        )  # fmt: skip
         self._queued[ticket.id] = (start, ticket)
         self.scheduler.submit(
             ticket.id,
@@ -122,20 +125,30 @@ class BuiltinWorker:
         self._admit()
         return ticket
 
-    def _package(self, start: StartRequest) -> tuple[Path, str | None] | None:
-        """The named package's file and SHA-256; a start without it is refused now."""
+    def _check_package(self, start: StartRequest) -> None:
+        """A start naming a package the cache does not hold is refused now."""
         if start.package is None:
-            return None
-        found = self.packages.path(start.project, start.package) if self.packages else None
-        if found is None:
+            return
+        if self.packages is None or self.packages.path(start.project, start.package) is None:
             p, name = start.project, start.package
             raise bad_request(
                 f"package {name} is not in project {p}'s cache on this worker; upload it"
                 f" (PUT /v1/projects/{p}/packages/{name}) or have the worker download it"
                 f" (POST /v1/projects/{p}/packages)"
             )
-        assert self.packages is not None
-        return found, self.packages.sha256(start.project, start.package)
+
+    def _take_package(self, ticket: Ticket, start: StartRequest) -> str | None:
+        """Link the package into the ticket's directory, so that the script runs the very
+        file audited now, whatever arrives in the cache later; its SHA-256."""
+        assert self.packages is not None and start.package is not None
+        fd = ticket.open_dir()
+        try:
+            return self.packages.take(start.project, start.package, fd, PACKAGE_LINK)
+        except OSError as exc:  # e.g. a cache on another filesystem: the cache's file, then
+            ticket.debug(f"the package stays in the cache until the script starts ({exc})")
+            return self.packages.sha256(start.project, start.package)
+        finally:
+            os.close(fd)
 
     def cancel(self, ticket: Ticket) -> None:
         """TERM the run's tree (KILL after the grace), or end a queued ticket at once."""
@@ -216,13 +229,16 @@ class BuiltinWorker:
             start.body,
             start.arguments,
             variables=tuple((v.name, v.value, v.sensitive) for v in start.variables),
-            package=self._package_step(start),
+            package=self._package_step(ticket, start),
         )
         try:
             running = self.sandbox.start(request, policy)
         except (Refused, OSError, ValueError) as exc:
             self._done(ticket, None, f"refused: {exc}")
             return
+        if start.package is not None:  # the run has it open now: the ticket needs no copy
+            with contextlib.suppress(OSError):
+                os.unlink(ticket.directory / PACKAGE_LINK)
         self.metrics.script_started(start.syntax)
         account = running.plan.spec["account"]
         owner = account[0] if account else os.geteuid()
@@ -254,11 +270,13 @@ class BuiltinWorker:
         except TicketStoreError as exc:
             self._lost_output(ticket, exc)
 
-    def _package_step(self, start: StartRequest) -> Package | None:
+    def _package_step(self, ticket: Ticket, start: StartRequest) -> Package | None:
         if start.package is None or self.packages is None:
             return None
-        path = self.packages.root / start.project / start.package  # (gone: refused at launch)
-        return Package(str(path), start.substitute)
+        path = ticket.directory / PACKAGE_LINK  # (a missing one: refused at launch, saying so)
+        if not path.exists():
+            path = self.packages.root / start.project / start.package
+        return Package(str(path), start.package, start.substitute)
 
     def _lost_output(self, ticket: Ticket, exc: TicketStoreError) -> None:
         driver = self._drivers.get(ticket.id)

@@ -218,9 +218,11 @@ class ScriptService:
         project = self._package_project(parts[0], who)
         name = urllib.parse.unquote(parts[2])
         try:
-            removed = self.packages.remove(project, name)
+            removed = await threads.deferToThread(self.packages.remove, project, name)
         except PackageError as exc:
             raise Problem(exc.status, _TITLES.get(exc.status, "Error"), str(exc)) from None
+        except OSError as exc:
+            raise Problem(507, "Insufficient Storage", f"the package stays: {exc}") from None
         if not removed:
             raise Problem(404, "Not Found", f"project {project} has no package {name}")
         self.audit.record(Event.PACKAGE_REMOVED, project=project, name=name, client=who.thumbprint)

@@ -30,6 +30,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sandworker.sandbox.outcome import Outcome, Reason
@@ -277,6 +278,10 @@ class Ticket:
             self._append(pipe, lines, level)
         for note in split.notes:
             self.debug(note)
+
+    @property
+    def directory(self) -> Path:
+        return self._dir.path
 
     def open_dir(self) -> int:
         """A descriptor of the ticket's directory (the caller closes it)."""

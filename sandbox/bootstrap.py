@@ -65,11 +65,13 @@ shift
 """
 
 _PY = r"""# sandworker: Calamari's python helpers, then the script as __main__, with its arguments.
+import sys as _sys
+
+_path0 = _sys.path.pop(0)  # the run directory: a package's json.py must not be what we import
 import base64 as _b64
 import json as _json
 import os as _os
 import runpy as _runpy
-import sys as _sys
 
 _here = _os.path.dirname(_os.path.abspath(__file__))
 _variables = {}
@@ -140,6 +142,7 @@ _helpers = {f.__name__: f for f in (get_octopusvariable, set_octopusvariable, cr
             updateprogress, failstep, printverbose, printhighlight, printwait, printwarning)}
 _script = _os.path.join(_here, _sys.argv[1])
 _sys.argv = [_script, *_sys.argv[2:]]
+_sys.path.insert(0, _path0)  # the script imports from beside it, as `python script.py` does
 _runpy.run_path(_script, init_globals=_helpers, run_name="__main__")
 """
 
@@ -147,11 +150,17 @@ _runpy.run_path(_script, init_globals=_helpers, run_name="__main__")
 # PowerShell 7 (pwsh). Variables come as $OctopusParameters, as in Calamari.
 _PS1 = r"""# sandworker: Calamari's PowerShell helpers, then the script (dot-sourced).
 $ErrorActionPreference = 'Stop'
-$OctopusParameters = @{}
-$__octopusVariables = Join-Path $PSScriptRoot '.octopus.variables.json'
+# "base64(name) base64(value)" lines: no JSON date guessing, names case-insensitive
+$OctopusParameters = New-Object 'System.Collections.Generic.Dictionary[string,string]' (
+  [System.StringComparer]::OrdinalIgnoreCase)
+$__octopusVariables = Join-Path $PSScriptRoot '.octopus.variables'
 if (Test-Path -LiteralPath $__octopusVariables) {
-  (Get-Content -Raw -LiteralPath $__octopusVariables | ConvertFrom-Json).PSObject.Properties |
-    ForEach-Object { $OctopusParameters[$_.Name] = [string]$_.Value }
+  foreach ($__line in [System.IO.File]::ReadAllLines($__octopusVariables)) {
+    $__pair = $__line.Split(' ')
+    $__name = [System.Text.Encoding]::UTF8.GetString([System.Convert]::FromBase64String($__pair[0]))
+    $OctopusParameters[$__name] = [System.Text.Encoding]::UTF8.GetString(
+      [System.Convert]::FromBase64String($__pair[1]))
+  }
 }
 function Convert-ToServiceMessageParameter([string]$name, [string]$value) {
   $encoded = [System.Convert]::ToBase64String([System.Text.Encoding]::UTF8.GetBytes($value))
@@ -162,13 +171,16 @@ function Write-OctopusServiceMessage([string]$kind, [hashtable]$attrs) {
     ForEach-Object { Convert-ToServiceMessageParameter $_.Name $_.Value }) -join ' '
   [Console]::Out.WriteLine("##octopus[$kind $inside]")
 }
-function Get-OctopusVariable([string]$name) { return $OctopusParameters[$name] }
+function Get-OctopusVariable([string]$name) {
+  if ($OctopusParameters.ContainsKey($name)) { return $OctopusParameters[$name] }
+  return ''
+}
 function Set-OctopusVariable([string]$name, [string]$value, [switch]$sensitive) {
   $attrs = @{ name = $name; value = $value }
   if ($sensitive) { $attrs.sensitive = 'True' }
   Write-OctopusServiceMessage 'setVariable' $attrs
 }
-function New-OctopusArtifact([string]$path, [string]$name) {
+function New-OctopusArtifact([Alias('fullpath')][string]$path, [string]$name) {
   $full = [System.IO.Path]::GetFullPath($path, (Get-Location).ProviderPath)
   if (-not $name) { $name = [System.IO.Path]::GetFileName($full) }
   $length = if (Test-Path -LiteralPath $full) { (Get-Item -LiteralPath $full).Length } else { 0 }
@@ -176,7 +188,7 @@ function New-OctopusArtifact([string]$path, [string]$name) {
 }
 function Fail-Step([string]$message) {
   if ($message) { Write-OctopusServiceMessage 'resultMessage' @{ message = $message } }
-  exit 1
+  exit -1  # as Calamari's (255 on Linux)
 }
 function Update-Progress([int]$percentage, [string]$message = '') {
   Write-OctopusServiceMessage 'progress' @{ percentage = "$percentage"; message = $message }
@@ -189,6 +201,7 @@ function Write-OctopusLevel([string]$level, [string]$message) {
 function Write-Highlight([string]$message) { Write-OctopusLevel 'highlight' $message }
 function Write-Wait([string]$message) { Write-OctopusLevel 'wait' $message }
 function Write-Verbose([string]$message) { Write-OctopusLevel 'verbose' $message }
+function Write-Debug([string]$message) { Write-OctopusLevel 'verbose' $message }
 function Write-Warning([string]$message) { Write-OctopusLevel 'warning' $message }
 $__octopusScript = Join-Path $PSScriptRoot $args[0]
 $__octopusArguments = @($args | Select-Object -Skip 1)
@@ -203,16 +216,16 @@ exit 0
 def files_for(syntax: str, variables: Sequence[Variable]) -> dict[str, bytes]:
     """The bootstrap and variables file of a syntax (none for one without helpers; no
     variables file without variables: a file costs an inode on every run)."""
-    if syntax in ("bash", "sh"):
-        files = {BOOTSTRAP[syntax]: _SH.encode()}
+    if syntax in ("bash", "sh", "powershell"):
+        files = {BOOTSTRAP[syntax]: (_PS1 if syntax == "powershell" else _SH).encode()}
         if variables:
             files[VARIABLES_SH] = b"".join(
                 base64.b64encode(name.encode()) + b" " + base64.b64encode(value.encode()) + b"\n"
                 for name, value, _sensitive in variables
             )
         return files
-    if syntax in ("python", "powershell"):
-        files = {BOOTSTRAP[syntax]: (_PY if syntax == "python" else _PS1).encode()}
+    if syntax == "python":
+        files = {BOOTSTRAP[syntax]: _PY.encode()}
         if variables:
             doc = {name: value for name, value, _sensitive in variables}
             files[VARIABLES_PY] = json.dumps(doc).encode()

@@ -23,10 +23,9 @@ its Landlock rules and cgroup limits, never as root. Standard library only.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fnmatch
 import io
 import json
+import lzma
 import os
 import re
 import stat
@@ -47,6 +46,8 @@ EXTENSIONS = (("sh", ("bash", "sh")), ("py", ("python",)), ("ps1", ("powershell"
 NUPKG_METADATA = ("[Content_Types].xml", "_rels/", "package/")
 CHUNK = 1 << 20
 MAX_NAME, MAX_DEPTH, MAX_LINK = 4096, 64, 4096
+MAX_HEADER = 64 << 10  # a tar long-name or pax header read into memory
+INODE_BYTES = 4096  # what a directory or a link costs on disk, counted toward limits.package
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _VARIABLE = re.compile(r"(#?)#\{([^{}#\r\n]{1,200})\}")
@@ -83,6 +84,10 @@ class Extractor:
         """The checked components of an entry's name; () for the top directory itself."""
         if "\0" in name:
             raise Refused(f"entry {name!r} has a NUL character in its name")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refused(f"entry {name!r} has a name that is not UTF-8") from None
         if "\\" in name:
             raise Refused(f"entry {name!r} uses a backslash; archives must use '/' separators")
         if name.startswith("/"):
@@ -98,12 +103,22 @@ class Extractor:
             raise Refused(f"entry {name!r} uses a name reserved for sandworker's own files")
         return parts
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, size: int = INODE_BYTES) -> None:
+        """One more entry (files pass 0: their contents are counted as written)."""
         self.entries += 1
         if self.entries > self.max_files:
             raise Refused(
                 f"the package has more than {self.max_files} entries (limits.package_files);"
                 f" stopped at {name!r}"
+            )
+        self._add_bytes(size, name)
+
+    def _add_bytes(self, size: int, name: str) -> None:
+        self.written += size
+        if self.written > self.max_bytes:
+            raise Refused(
+                f"the package unpacks to more than {self.max_bytes} bytes (limits.package);"
+                f" stopped in {name!r}"
             )
 
     def _parent(self, parts: tuple[str, ...], name: str) -> int:
@@ -111,8 +126,11 @@ class Extractor:
         fd = os.dup(self.root_fd)
         try:
             for i, part in enumerate(parts[:-1]):
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(part, 0o755, dir_fd=fd)
+                    self._count("/".join(parts[: i + 1]))  # made for it: counted too
+                except FileExistsError:
+                    pass
                 try:
                     child = os.open(part, _DIR, dir_fd=fd)
                 except OSError:
@@ -148,7 +166,7 @@ class Extractor:
 
     def file(self, name: str, mode: int, data: IO[bytes]) -> None:
         parts = self.parts(name)
-        self._count(name)
+        self._count(name, 0)
         if not parts:
             raise Refused(f"entry {name!r} names the top directory as a file")
         parent = self._parent(parts, name)
@@ -158,13 +176,8 @@ class Extractor:
             except FileExistsError:
                 raise Refused(f"entry {name!r} appears twice in the archive") from None
             try:
-                while chunk := data.read(CHUNK):
-                    self.written += len(chunk)
-                    if self.written > self.max_bytes:
-                        raise Refused(
-                            f"the package unpacks to more than {self.max_bytes} bytes"
-                            f" (limits.package); stopped in {name!r}"
-                        )
+                while chunk := _read(data, name):
+                    self._add_bytes(len(chunk), name)
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
@@ -219,7 +232,12 @@ class Extractor:
                 f"entry {name!r} is a hard link to {target!r}, which is not a file extracted"
                 " before it"
             )
-        src_parent, dst_parent = self._parent(source, target), self._parent(parts, name)
+        src_parent = self._parent(source, target)
+        try:
+            dst_parent = self._parent(parts, name)
+        except BaseException:
+            os.close(src_parent)
+            raise
         try:
             os.link(source[-1], parts[-1], src_dir_fd=src_parent, dst_dir_fd=dst_parent,
                     follow_symlinks=False)  # fmt: skip
@@ -229,6 +247,16 @@ class Extractor:
             os.close(src_parent)
             os.close(dst_parent)
         self.files.add(parts)
+
+
+def _read(data: IO[bytes], name: str) -> bytes:
+    """A chunk of an entry: anything going wrong while decompressing is the archive's."""
+    try:
+        return data.read(CHUNK)
+    except Refused:
+        raise
+    except Exception as exc:  # zlib, bz2 and lzma errors, CRC mismatches, truncation
+        raise Refused(f"entry {name!r} is damaged: {exc}") from None
 
 
 def _kind(mode: int) -> str | None:
@@ -273,14 +301,37 @@ def extract_zip(stream: IO[bytes], out: Extractor, *, nupkg: bool) -> None:
                 else:
                     with archive.open(info) as data:
                         out.file(name, mode, data)
-            except (zipfile.BadZipFile, EOFError, RuntimeError, zlib.error) as exc:
-                raise Refused(f"entry {name!r} is damaged: {exc}") from None
+            except (zipfile.BadZipFile, EOFError, RuntimeError, zlib.error, lzma.LZMAError,
+                    NotImplementedError) as exc:  # fmt: skip
+                raise Refused(
+                    f"entry {name!r} is damaged or uses an unknown method: {exc}"
+                ) from None
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile reads a long-name or pax header whole into memory: refuse a large one first
+    (these are tarfile's own hooks for those headers)."""
+
+    def _proc_gnulong(self, tarfile: Any) -> Any:
+        self._bounded()
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc]
+
+    def _proc_pax(self, tarfile: Any) -> Any:
+        self._bounded()
+        return super()._proc_pax(tarfile)  # type: ignore[misc]
+
+    def _proc_sparse(self, tarfile: Any) -> Any:
+        raise Refused(f"entry {self.name!r} is a sparse file, which is not extracted")
+
+    def _bounded(self) -> None:
+        if self.size > MAX_HEADER:
+            raise Refused(f"the archive has a {self.size}-byte tar header (at most {MAX_HEADER})")
 
 
 def extract_tar(stream: IO[bytes], out: Extractor) -> None:
     try:
-        archive = tarfile.open(fileobj=stream, mode="r|gz")  # noqa: SIM115 - closed below
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        archive = tarfile.open(fileobj=stream, mode="r|gz", tarinfo=_BoundedInfo)  # noqa: SIM115
+    except (tarfile.TarError, OSError, EOFError, RecursionError) as exc:
         raise Refused(f"it is not a valid tar.gz archive: {exc}") from None
     with archive:
         members: Iterator[tarfile.TarInfo] = iter(archive)
@@ -289,8 +340,8 @@ def extract_tar(stream: IO[bytes], out: Extractor) -> None:
                 member = next(members)
             except StopIteration:
                 break
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                raise Refused(f"the tar.gz archive is damaged: {exc}") from None
+            except (tarfile.TarError, OSError, EOFError, zlib.error, RecursionError) as exc:
+                raise Refused(f"the tar.gz archive is damaged: {exc!r}") from None
             name = member.name
             try:
                 if member.ischr() or member.isblk():
@@ -347,17 +398,33 @@ def _top_files() -> Iterator[str]:
             yield os.path.relpath(os.path.join(folder, name), ".")
 
 
+def glob(pattern: str) -> re.Pattern[str]:
+    """A file glob relative to the package's top: `*` and `?` stay inside one directory,
+    `**/` matches any number of directories (none included), a final `**` anything."""
+    out, parts = [], pattern.strip("/").split("/")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out.append(".*" if last else "(?:[^/]*/)*")
+            continue
+        text = "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in part)
+        out.append(text if last else text + "/")
+    return re.compile("".join(out))
+
+
 def substitute_files(patterns: list[str], variables: dict[str, str]) -> None:
     found = sorted(_top_files())
     for pattern in patterns:
-        matched = [path for path in found if fnmatch.fnmatchcase(path, pattern.lstrip("/"))]
+        wanted = glob(pattern)
+        matched = [path for path in found if wanted.fullmatch(path)]
         if not matched:
             _say(f"warning: no file matches the substitution pattern {pattern!r}")
         for path in matched:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                _say(f"warning: {path} is not a regular file (a link?); not substituted")
+                continue
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                    continue
                 raw = handle.read()
                 mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
             try:

@@ -180,22 +180,33 @@ _PORTS = {"https": 443, "http": 80}
 
 
 def _url(text: str) -> tuple[str, str, int, str] | str:
-    """(scheme, host, port, path) of a URL, or why it is unusable."""
+    """(scheme, host, port, path) of a URL, or why it is unusable. Refused outright: what
+    urlsplit would drop (tabs, newlines) or servers read differently (a backslash as '/',
+    a double encoding such as %252e), spaces and control characters."""
+    if re.search(r"[\x00-\x20\x7f\\]", text):
+        return "has a space, a control character or a backslash"
+    if "%25" in text:
+        return "has an encoded '%' (a double encoding)"
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port
     except ValueError as exc:
         return f"is not a URL: {exc}"
-    if parts.scheme not in _PORTS or not parts.hostname:
-        return "must be an https:// or http:// URL with a host"
-    if parts.username is not None or parts.password is not None:
-        return "carries credentials; they do not belong in a URL"
-    if parts.fragment:
-        return "has a #fragment"
     path = parts.path or "/"
     segments = urllib.parse.unquote(path).split("/")
-    if ".." in segments or "." in segments or re.search(r"%(2[ef]|5c)", path, re.IGNORECASE):
-        return "has '.', '..' or an encoded '.', '/' or '\\' in its path"
+    problems = (
+        (parts.scheme not in _PORTS or not parts.hostname,
+         "must be an https:// or http:// URL with a host"),
+        (parts.username is not None or parts.password is not None,
+         "carries credentials; they do not belong in a URL"),
+        (bool(parts.fragment), "has a #fragment"),
+        (".." in segments or "." in segments or bool(re.search(r"%(2[ef]|5c)", path, re.I)),
+         "has '.', '..' or an encoded '.', '/' or '\\' in its path"),
+    )  # fmt: skip
+    for wrong, why in problems:
+        if wrong:
+            return why
+    assert parts.hostname is not None
     return parts.scheme, parts.hostname.lower(), port or _PORTS[parts.scheme], path
 
 

@@ -60,6 +60,7 @@ class Package:
     """A package from the project's cache, extracted and run by deploy.py in the sandbox."""
 
     path: str  # opened by the supervisor (O_NOFOLLOW) and given to the run as its stdin
+    name: str  # its name in the cache (the extension says the format)
     substitute: tuple[str, ...] = ()  # globs of files to substitute #{Name} in
 
 
@@ -225,7 +226,7 @@ class Sandbox:
             files[script] = request.body.encode()
         limits = policy.limits
         config = {
-            "package": os.path.basename(request.package.path),
+            "package": request.package.name,
             "max_bytes": limits.package_bytes,
             "max_files": limits.package_files,
             "syntaxes": syntaxes,
@@ -247,21 +248,8 @@ class Sandbox:
         *,
         stdin: int | None = None,
     ) -> Running:
-        wanted = set(plan.applied)
-        group = None
-        if wanted & {Layer.CGROUP_MEMORY, Layer.CGROUP_PIDS, Layer.CGROUP_CPU, Layer.CGROUP_KILL}:
-            name = f"{self.cgroup_tag}-{run_id}"
-            try:
-                group = ScriptGroup.create(self.host.hierarchy, name, policy.limits, wanted)
-            except BaseException:
-                if stdin is not None:
-                    os.close(stdin)
-                raise
-        status_r, status_w = os.pipe()
-        go_r, go_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) if stdin is None else stdin
+        group, null, made = self._open(plan, policy, dirs, run_id, stdin)
+        status_r, status_w, go_r, go_w, out_r, out_w, err_r, err_w = made
         theirs = [null, out_w, err_w, status_w, dirs.home_fd, dirs.cwd_fd, go_r]
         started = time.monotonic()
         try:
@@ -290,6 +278,30 @@ class Sandbox:
         return Running(
             pid, pidfd, out_r, err_r, status_r, group, plan, account, dirs, started, policy
         )
+
+    def _open(
+        self, plan: Plan, policy: EffectivePolicy, dirs: RunDirs, run_id: str, stdin: int | None
+    ) -> tuple[ScriptGroup | None, int, list[int]]:
+        """The run's cgroups, its stdin and its four pipes; on a failure nothing stays open."""
+        wanted = set(plan.applied)
+        group = None
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) if stdin is None else stdin
+        made: list[int] = []
+        try:
+            if wanted & {Layer.CGROUP_MEMORY, Layer.CGROUP_PIDS, Layer.CGROUP_CPU,
+                         Layer.CGROUP_KILL}:  # fmt: skip
+                name = f"{self.cgroup_tag}-{run_id}"
+                group = ScriptGroup.create(self.host.hierarchy, name, policy.limits, wanted)
+            for _ in range(4):
+                made.extend(os.pipe())
+        except BaseException:  # (out of descriptors, a cgroup refused)
+            for fd in (null, *made):
+                os.close(fd)
+            if group is not None:
+                group.remove()
+            dirs.close()
+            raise
+        return group, null, made
 
     def cleanup(self, request: Request, policy: EffectivePolicy) -> None:
         """Remove the run's working directory, as the project's account (never as root)."""
@@ -338,7 +350,7 @@ def _open_package(package: Package) -> int:
     try:
         return os.open(package.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise Refused(f"package {os.path.basename(package.path)}: {exc.strerror}") from None
+        raise Refused(f"package {package.name}: {exc.strerror}") from None
 
 
 def _self() -> Account:

@@ -10,14 +10,16 @@ import json
 import re
 import stat
 import subprocess
+import tarfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandworker.daemon.builtin import run_id
-from tests.e2e.archives import Entry, make_tar, make_zip
+from tests.e2e.archives import Entry, damaged_lzma_zip, make_tar, make_zip
 from tests.e2e.daemon import SANDWORKER, Worker, _worker, lines
 
 
@@ -67,6 +69,7 @@ GOOD: list[Entry] = [
     ),
     ("file", "bin/tool", "#!/bin/sh\n"),
     ("symlink", "current", "config"),
+    ("file", "json.py", "print('SHADOWED the helpers own import')\n"),  # never imported by them
 ]
 
 
@@ -108,6 +111,9 @@ def test_a_good_package_runs_its_stages_in_order(
     assert "password=pa55-W0rd-xyz" in conf.read_text()  # the file itself has the value
     assert conf.stat().st_uid == deployer.uid_of("web")
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700  # only the project's account
+    started = [e for e in deployer.audit() if e["event"] == "script.start"
+               and e["ticket"] == f"good-{archive}"]  # fmt: skip
+    assert started[0]["package_sha256"] == hashlib.sha256(data).hexdigest(), started
     deployer.call("DELETE", f"/v1/scripts/good-{archive}")
 
 
@@ -127,6 +133,31 @@ def test_a_failing_stage_runs_deploy_failed_and_ends_the_step(
     assert doc["result_message"] == "the database is gone", doc
     assert "sandworker: Deploy.sh failed with exit code 1" in lines(doc, "stderr"), doc
     deployer.call("DELETE", "/v1/scripts/failing")
+
+
+def test_a_queued_step_runs_the_package_it_was_started_with(
+    deployer: Worker, tmp_path: Path
+) -> None:
+    first = make_zip([("file", "Deploy.sh", "echo version one\n")])
+    path = tmp_path / "v.zip"
+    path.write_bytes(first)
+    assert deployer.upload("v.zip", path)[0] == 201
+    hold = {"project": "web", "body": "sleep 2", "isolation": "full", "mutex": "m"}
+    assert deployer.call("PUT", "/v1/scripts/holder", hold)[0] == 201
+    queued = {"project": "web", "package": "v.zip", "isolation": "full", "mutex": "m"}
+    status, doc = deployer.call("PUT", "/v1/scripts/queued", queued)
+    assert status == 201 and doc["state"] != "complete", doc
+    path.write_bytes(make_zip([("file", "Deploy.sh", "echo version two\n")]))
+    assert deployer.upload("v.zip", path)[0] == 201  # arrives while the step waits
+    said = [line for page in deployer.pages("queued") for line in lines(page)]
+    assert "version one" in said and "version two" not in said, said
+    started = [e for e in deployer.audit() if e["event"] == "script.start"
+               and e["ticket"] == "queued"]  # fmt: skip
+    assert started[0]["package_sha256"] == hashlib.sha256(first).hexdigest()
+    ticket_dir = deployer.state / "tickets" / "tickets" / "queued"
+    assert not (ticket_dir / "package").exists()  # the run had it open: no copy is kept
+    for ticket in ("holder", "queued"):
+        deployer.call("DELETE", f"/v1/scripts/{ticket}")
 
 
 def test_a_nupkg_is_extracted_without_its_nuget_metadata(deployer: Worker, tmp_path: Path) -> None:
@@ -204,6 +235,13 @@ HOSTILE: dict[str, tuple[Callable[[list[Entry]], bytes], list[Entry], str]] = {
     "too-many-tar": (make_tar, [("file", f"f{i}", "x") for i in range(60)], "more than 50"),
     "bomb-zip": (make_zip, [("file", "zeros", BOMB)], "unpacks to more than 16777216"),
     "bomb-tar": (make_tar, [("file", "zeros", BOMB)], "unpacks to more than 16777216"),
+    "deep-dirs": (make_zip, [("file", f"{i}/" + "d/" * 29 + "f", "x") for i in range(3)],
+                  "more than 50 entries"),  # the directories made on the way count too
+    "huge-header": (make_tar, [("file", "n" * 70000, "x")], "tar header (at most 65536)"),
+    "not-utf8": (partial(make_tar, encoding="latin-1", form=tarfile.GNU_FORMAT),
+                 [("file", "caf\u00e9", "x")],
+                 "not UTF-8"),
+    "damaged-lzma": (damaged_lzma_zip, [("file", "data", "abc" * 100000)], "damaged"),
 }
 # fmt: on
 
@@ -214,7 +252,7 @@ def test_a_hostile_package_is_refused_with_the_reason(
 ) -> None:
     make, entries, reason = HOSTILE[shape]
     entries = [*entries, ("file", "Deploy.sh", "echo SHOULD-NOT-RUN\n")]
-    name = f"{shape}.zip" if make is make_zip else f"{shape}.tar.gz"
+    name = f"{shape}.zip" if make in (make_zip, damaged_lzma_zip) else f"{shape}.tar.gz"
     doc = deploy(deployer, tmp_path, name, make(entries), f"hostile-{shape}")
     assert doc["exit_code"] == 1, doc
     assert doc["result_message"].startswith(f"the package {name} was refused: "), doc

@@ -74,6 +74,11 @@ class _Files(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "/other/app.zip")
             self.end_headers()
             return
+        if self.path == "/ok/back":  # a backslash that some servers read as '/'
+            self.send_response(302)
+            self.send_header("Location", "..\\other\\app.zip")
+            self.end_headers()
+            return
         if self.path == "/ok/hop":  # a redirect that stays inside the source
             self.send_response(301)
             self.send_header("Location", "/ok/app.zip")
@@ -157,6 +162,10 @@ def test_downloads_outside_the_sources_or_not_matching_are_refused(
         (f"{source}/ok/%2e%2e/other/app.zip", sha, 400, "encoded"),
         ("file:///etc/passwd", sha, 400, "https:// or http://"),
         (f"{source}/ok/jump", sha, 403, "redirects to"),
+        (f"{source}/ok/back", sha, 403, "redirects to"),
+        (f"{source}/ok/..\\other\\app.zip", sha, 400, "backslash"),
+        (f"{source}/ok/%252e%252e/other/app.zip", sha, 400, "double encoding"),
+        (f"{source}/ok/app.zip\r\nX-Injected: 1", sha, 400, "control character"),
         (f"{source}/ok/app.zip", "0" * 64, 400, "not the " + "0" * 64),
         (f"{source}/ok/app.zip", "nope", 400, "SHA-256"),
         (f"{source}/ok/missing.zip", sha, 502, "answered 404"),

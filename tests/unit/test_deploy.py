@@ -114,3 +114,33 @@ def test_the_steps_run_in_calamaris_order() -> None:
     assert deploy.steps({"script": ""}, run_packaged=True) == [
         "PreDeploy", "substitute", "Deploy", "PostDeploy"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("*.config", "web.config", True),
+        ("*.config", "sub/web.config", False),
+        ("**/*.config", "web.config", True),
+        ("**/*.config", "a/b/web.config", True),
+        ("config/**", "config/a/b", True),
+        ("config/*.conf", "config/app.conf", True),
+        ("config/*.conf", "config/x/app.conf", False),
+        ("a?.txt", "ab.txt", True),
+        ("a?.txt", "a/.txt", False),
+        ("web.[ch]onfig", "web.[ch]onfig", True),  # no character classes: literal
+    ],
+)
+def test_substitution_globs(pattern: str, path: str, matches: bool) -> None:
+    assert bool(deploy.glob(pattern).fullmatch(path)) is matches
+
+
+def test_substitution_skips_links_and_follows_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "app.config").write_text("v=#{V}")
+    os.symlink("app.config", tmp_path / "link.config")
+    deploy.substitute_files(["*.config"], {"V": "1"})
+    assert (tmp_path / "app.config").read_text() == "v=1"
+    assert os.readlink(tmp_path / "link.config") == "app.config"
