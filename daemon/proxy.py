@@ -23,8 +23,9 @@ from .audit import AuditLog, Event
 from .client import ClientError
 from .http import FileBody
 from .metrics import Metrics
+from .packages import PackageCache
 from .pools import CANCEL_TIMEOUT, NoHealthyWorker, Pools, UnknownPool
-from .remote import Hooks, RemoteRun
+from .remote import Hooks, PackageRef, RemoteRun
 from .tickets import FATAL, RESULT_LOST, InvalidTransition, State, Ticket, TicketStoreError
 from .ticketstore import TicketStore
 from .workers import ExternalWorker
@@ -46,6 +47,7 @@ class Proxy:
         self.pools, self.store, self.audit, self.metrics = pools, store, audit, metrics
         self._wake, self._end = wake, end
         self._runs: dict[str, RemoteRun] = {}
+        self.packages: PackageCache | None = None  # the proxy's own cache (service.py)
 
     @property
     def active(self) -> bool:
@@ -64,6 +66,7 @@ class Proxy:
                 f"{exc}; the script was not started",
                 reason="no_healthy_worker",
             ) from None
+        package = self._package_ref(start.project, start.package)
         forwarded = start.forwarded()
         request = forwarded | {"pool": start.pool}
         try:  # durable first; the directory is written while the start travels (handoffs.py)
@@ -72,7 +75,7 @@ class Proxy:
             raise Problem(
                 507, "Insufficient Storage", f"{exc}; the script was not started"
             ) from None
-        self._follow(ticket_id, worker, forwarded, accepted=False)
+        self._follow(ticket_id, worker, forwarded, accepted=False, package=package)
         try:
             ticket, _new = self.store.create(ticket_id, request, worker=worker.address)
         except TicketStoreError as exc:
@@ -87,8 +90,22 @@ class Proxy:
             Event.SCRIPT_START, ticket=ticket.id, project=start.project, client=client,
             syntax=start.syntax, sha256=start.sha256,
             worker=worker.address,
+            **({"package": package.name, "package_sha256": package.sha256} if package else {}),
         )  # fmt: skip
         return ticket
+
+    def _package_ref(self, project: str, name: str | None) -> PackageRef | None:
+        """The proxy's copy of a package a start names (400 if it has none)."""
+        if name is None:
+            return None
+        path = self.packages.path(project, name) if self.packages else None
+        sha256 = self.packages.sha256(project, name) if self.packages and path else None
+        if path is None or sha256 is None:
+            raise Problem(400, "Bad Request", f"package {name} is not in project {project}'s"
+                          f" cache at this proxy; upload it here (PUT /v1/projects/{project}"
+                          f"/packages/{name}), and the proxy passes it to the worker it"
+                          " chooses")  # fmt: skip
+        return PackageRef(project, name, path, sha256)
 
     def resume(self, ticket_ids: list[str]) -> None:
         """After a restart: follow the tickets that were still running at their workers."""
@@ -103,7 +120,14 @@ class Proxy:
                 continue
             log.info("ticket %s: following it again at %s", ticket.id, worker.address)
             start = {k: v for k, v in ticket.request.items() if k != "pool"} | {"wait_seconds": 0}
-            self._follow(ticket.id, worker, start, accepted=ticket.record.accepted)
+            try:
+                package = None if ticket.record.accepted else self._package_ref(
+                    ticket.project, start.get("package"))  # fmt: skip
+            except Problem as problem:
+                self._end(ticket, FATAL, "refused", problem.detail)
+                continue
+            self._follow(ticket.id, worker, start, accepted=ticket.record.accepted,
+                         package=package)  # fmt: skip
 
     def stop(self) -> None:
         for run in self._runs.values():
@@ -190,8 +214,9 @@ class Proxy:
             log.warning("ticket %s: %s %s: %s", ticket.id, method, path, problem.detail)
 
     def _follow(
-        self, ticket_id: str, worker: ExternalWorker, start: dict[str, Any], *, accepted: bool
-    ) -> None:
+        self, ticket_id: str, worker: ExternalWorker, start: dict[str, Any], *, accepted: bool,
+        package: PackageRef | None = None,
+    ) -> None:  # fmt: skip
         """Start following a ticket at its worker. The hooks find the ticket when they run
         (on the reactor thread, after `hand_off` has created it); one whose creation failed
         is only cancelled there and let go."""
@@ -228,7 +253,7 @@ class Proxy:
 
         hooks = Hooks(accepted_hook, page, unreachable, end)
         self._runs[ticket_id] = RemoteRun(
-            ticket_id, worker, start, self.pools, hooks, accepted=accepted
+            ticket_id, worker, start, self.pools, hooks, accepted=accepted, package=package
         )
 
     def _copy(self, ticket: Ticket, doc: dict[str, Any]) -> tuple[int, bool]:

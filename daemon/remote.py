@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.threads import blockingCallFromThread
 
-from .client import POLL_SECONDS, ClientError, refused
+from .client import POLL_SECONDS, Client, ClientError, refused
 from .pools import Pools
 from .ticketlog import rfc3339
 from .tickets import CANCELLED, FATAL, RESULT_LOST
@@ -72,6 +73,16 @@ class Followers:
 FOLLOWERS = Followers()
 
 
+@dataclass(frozen=True)
+class PackageRef:
+    """A package of the proxy's cache that a start names: the worker gets it first."""
+
+    project: str
+    name: str
+    path: Path
+    sha256: str
+
+
 @dataclass
 class Hooks:
     """What the thread hands to the reactor thread (each runs there)."""
@@ -92,8 +103,10 @@ class RemoteRun:
         hooks: Hooks,
         *,
         accepted: bool,
+        package: PackageRef | None = None,
     ) -> None:
         self.ticket_id, self.address, self._start = ticket_id, worker.address, start
+        self._package = package
         self._worker, self._pools, self._hooks, self._accepted = worker, pools, hooks, accepted
         self._stop, self._cancel = threading.Event(), threading.Event()
         FOLLOWERS.run(self._run)
@@ -178,6 +191,8 @@ class RemoteRun:
         """One call to the worker: the start, a cancel then a status page, or a page."""
         with self._pools.client(self._current()) as client:
             if not self._accepted:
+                if self._package is not None and (refusal := self._deliver(client)):
+                    return refusal
                 start = {
                     **self._start,
                     "wait_seconds": min(self._start.get("wait_seconds", 0), POLL_SECONDS),
@@ -193,6 +208,30 @@ class RemoteRun:
         if status >= 500:  # the worker is in trouble, not the script: as if unreachable
             raise refused(status, doc)
         return status, doc
+
+    def _deliver(self, client: Client) -> tuple[int, dict[str, Any]] | None:
+        """Upload the package unless the worker holds it already (same name and SHA-256);
+        a refusal to answer the start with. Unreachable: ClientError, as for any call."""
+        ref = self._package
+        assert ref is not None
+        status, doc = client.call("GET", f"/v1/projects/{ref.project}/packages")
+        if status >= 400:
+            return status, doc
+        held = doc.get("packages", [])
+        if any(p.get("name") == ref.name and p.get("sha256") == ref.sha256 for p in held):
+            return None
+        try:
+            sent = client.upload(ref.project, ref.name, ref.path)
+        except ClientError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise
+            return exc.status, {"title": "the package upload was refused", "detail": str(exc)}
+        except OSError as exc:  # the proxy's own copy is gone
+            return 409, {"title": "", "detail": f"package {ref.name}: {exc}"}
+        if sent.get("sha256") != ref.sha256:
+            detail = f"package {ref.name} changed at the proxy while it was sent; start again"
+            return 409, {"title": "Conflict", "detail": detail}
+        return None
 
     def _current(self) -> ExternalWorker:
         """The worker as configured now (a new thumbprint applies), else as last known."""

@@ -82,7 +82,7 @@ class ScriptService:
         self._handed = list(handed)  # recovered tickets still at external workers
         self.stopping = False  # SIGTERM: starts get 503 while running scripts finish
         self.packages = PackageCache(store.state_dir.parent / "packages")
-        self.builtin.packages = self.packages
+        self.builtin.packages = self.proxy.packages = self.packages
         self.max_package = max_package
 
     def listening(self) -> None:
@@ -158,7 +158,7 @@ class ScriptService:
         self, request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, Body]:
         """A package into the project's cache (packages.py), its SHA-256 checked."""
-        project = self._package_project(parts[0], who)
+        project = self._project(parts[0], who)
         name = urllib.parse.unquote(parts[2])
 
         def keep() -> tuple[int, str]:
@@ -184,7 +184,11 @@ class ScriptService:
         self, request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, Body]:
         """A package the worker downloads itself, from a source the project's policy lists."""
-        project = self._package_project(parts[0], who)
+        project = self._project(parts[0], who)
+        if self.proxy.active:
+            raise Problem(501, "Not Implemented", "a proxy downloads nothing (the workers'"
+                          " policies list the sources): have a worker download the package,"
+                          " or upload it here")  # fmt: skip
         doc = json_object(request.content.read() if request.content else b"",
                           {"name", "url", "sha256"})  # fmt: skip
         name, url = doc.get("name"), doc.get("url")
@@ -215,7 +219,7 @@ class ScriptService:
         self, _request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, Body]:
         """Remove a package from the cache (scripts already running keep their copy)."""
-        project = self._package_project(parts[0], who)
+        project = self._project(parts[0], who)
         name = urllib.parse.unquote(parts[2])
         try:
             removed = await threads.deferToThread(self.packages.remove, project, name)
@@ -227,13 +231,6 @@ class ScriptService:
             raise Problem(404, "Not Found", f"project {project} has no package {name}")
         self.audit.record(Event.PACKAGE_REMOVED, project=project, name=name, client=who.thumbprint)
         return 200, {"project": project, "name": name, "removed": True}
-
-    def _package_project(self, raw: str, who: Identity) -> str:
-        project = self._project(raw, who)
-        if self.proxy.active:
-            raise Problem(501, "Not Implemented", "this daemon proxies to external workers and"
-                          " keeps no packages; send packages to each worker")  # fmt: skip
-        return project
 
     @staticmethod
     async def _keep(keep: Callable[[], tuple[int, str]]) -> tuple[int, str]:
@@ -248,7 +245,7 @@ class ScriptService:
     async def packages_of(
         self, _request: server.Request, parts: list[str], who: Identity
     ) -> tuple[int, Body]:
-        project = self._package_project(parts[0], who)
+        project = self._project(parts[0], who)
         return 200, {"project": project, "packages": self.packages.list(project)}
 
     def _project(self, raw: str, who: Identity) -> str:
@@ -332,8 +329,9 @@ class ScriptService:
             "version": __version__,
             "syntaxes": [s for s in SYNTAXES if s in self.sandbox.settings.interpreters],
             "layers": [str(layer) for layer in Layer if layer not in host.missing],
-            "packages": None if self.proxy.active else {
-                "formats": list(PACKAGE_FORMATS), "upload": True, "download": True,
+            "packages": {
+                "formats": list(PACKAGE_FORMATS), "upload": True,
+                "download": not self.proxy.active,  # (a proxy passes uploads on to workers)
                 "stages": ["PreDeploy", "Deploy", "PostDeploy", "DeployFailed"],
             },
         }  # fmt: skip

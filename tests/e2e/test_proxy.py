@@ -281,23 +281,30 @@ def test_variables_outputs_and_masking_through_the_proxy(fleet: Fleet) -> None:
     assert status == 404
 
 
-def test_packages_stay_at_the_workers_and_a_package_step_runs_through_the_proxy(
-    fleet: Fleet, tmp_path: Path
-) -> None:
+def test_a_proxy_passes_its_packages_to_the_worker_it_chooses(fleet: Fleet, tmp_path: Path) -> None:
     w1 = fleet.workers[0]
     fleet.add(w1)
     fleet.wait_health((w1, True))
     package = tmp_path / "app.zip"
     package.write_bytes(make_zip([("file", "Deploy.sh", "echo deployed at the worker\n")]))
     status, body = fleet.proxy.upload("app.zip", package)
-    assert status == 501 and "send packages to each worker" in body, body
+    assert status == 201, body
+    sha = json.loads(body)["sha256"]
     url = "https://example.com/app.zip"
     fetch = json.dumps({"name": "app.zip", "url": url, "sha256": "a" * 64})
     status, body = fleet.proxy.curl("/v1/projects/web/packages", "-X", "POST", "--data-binary",
                                     fetch)  # fmt: skip
-    assert status == 501, body
-    assert fleet.proxy.curl("/v1/projects/web/packages")[0] == 501
-    assert w1.upload("app.zip", package)[0] == 201
-    doc = run(fleet.proxy, "package", "", package="app.zip")
-    assert doc["exit_code"] == 0, doc
-    assert "deployed at the worker" in lines(doc), doc
+    assert status == 501 and "a proxy downloads nothing" in body, body
+    for ticket in ("package-1", "package-2"):
+        doc = run(fleet.proxy, ticket, "", package="app.zip")
+        assert doc["exit_code"] == 0, doc
+        assert "deployed at the worker" in lines(doc), doc
+    held = json.loads(w1.curl("/v1/projects/web/packages")[1])["packages"]
+    assert [(p["name"], p["sha256"]) for p in held] == [("app.zip", sha)]
+    uploads = [e for e in w1.audit() if e["event"] == "package.uploaded"]
+    assert len(uploads) == 1, uploads  # the second start found it there
+    started = [e for e in fleet.proxy.audit() if e["event"] == "script.start"]
+    assert {e.get("package_sha256") for e in started} == {sha}, started
+    status, doc = fleet.proxy.call("PUT", "/v1/scripts/nope", {"project": "web",
+                                                               "package": "nope.zip"})  # fmt: skip
+    assert status == 400 and "not in project web's cache at this proxy" in doc["detail"], doc
