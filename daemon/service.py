@@ -14,8 +14,11 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer, threads
+from twisted.internet import reactor as _twisted_reactor
+from twisted.python.threadpool import ThreadPool
 from twisted.web import server
 
 from sandworker import __version__
@@ -46,6 +49,7 @@ from .tickets import (
 from .ticketstore import TicketStore
 
 MAX_LINES_PER_STATUS = 10_000
+ARRIVALS = 4  # packages arriving at once; more wait for a thread
 _TITLES = {400: "Bad Request", 403: "Forbidden", 413: "Content Too Large", 502: "Bad Gateway",
            504: "Gateway Timeout", 507: "Insufficient Storage"}  # fmt: skip
 _REFUSALS = {403: "forbidden", 409: "conflict", 507: "disk_full"}  # by status (else 400)
@@ -84,6 +88,7 @@ class ScriptService:
         self.packages = PackageCache(store.state_dir.parent / "packages")
         self.builtin.packages = self.proxy.packages = self.packages
         self.max_package = max_package
+        self._arrivals = ThreadPool(0, ARRIVALS, name="packages")  # uploads and downloads
 
     def listening(self) -> None:
         """The listener is bound: follow again the tickets recovered at external workers."""
@@ -232,11 +237,15 @@ class ScriptService:
         self.audit.record(Event.PACKAGE_REMOVED, project=project, name=name, client=who.thumbprint)
         return 200, {"project": project, "name": name, "removed": True}
 
-    @staticmethod
-    async def _keep(keep: Callable[[], tuple[int, str]]) -> tuple[int, str]:
-        """Run a package's arrival in a thread; its refusals as HTTP problems."""
+    async def _keep(self, keep: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+        """Run a package's arrival in a thread of their own pool (a slow download never holds
+        up artifact collection); its refusals as HTTP problems."""
+        twisted: Any = _twisted_reactor
+        if not self._arrivals.started:
+            self._arrivals.start()
+            twisted.addSystemEventTrigger("during", "shutdown", self._arrivals.stop)
         try:
-            return await threads.deferToThread(keep)
+            return await threads.deferToThreadPool(twisted, self._arrivals, keep)
         except PackageError as exc:
             raise Problem(exc.status, _TITLES.get(exc.status, "Error"), str(exc)) from None
         except OSError as exc:
