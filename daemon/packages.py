@@ -20,6 +20,7 @@ import http.client
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 import urllib.error
@@ -27,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-from sandworker.sandbox.atomic import write_all
+from sandworker.sandbox.atomic import replace_files, write_all
 from sandworker.sandbox.policy_checks import source_for
 from sandworker.sandbox.projects import validate_project
 
@@ -113,7 +114,7 @@ class PackageCache:
                 raise PackageError(400, f"the package's SHA-256 is {got} ({copied} bytes), not"
                                    f" the {sha256} announced; it was not kept")  # fmt: skip
             with self._lock:
-                _write_small(project_fd, f".{name}.sha256", f"{got} {inode}\n".encode())
+                replace_files(project_fd, {f".{name}.sha256": f"{got} {inode}\n".encode()})
                 os.rename(temporary, name, src_dir_fd=project_fd, dst_dir_fd=project_fd)
                 os.fsync(project_fd)
         except BaseException:
@@ -256,18 +257,21 @@ class PackageCache:
                                 os.unlink(entry.path)
 
     def list(self, project: str) -> list[dict[str, object]]:
-        validate_project(project)
-        where = self.root / project
-        if not where.is_dir():
+        try:
+            fd = self._project_dir(project, create=False)
+        except FileNotFoundError:
             return []
-        found = []
-        for entry in sorted(os.scandir(where), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                continue
-            length = entry.stat(follow_symlinks=False).st_size
-            found.append(
-                {"name": entry.name, "length": length, "sha256": self.sha256(project, entry.name)}
-            )
+        found: list[dict[str, object]] = []
+        try:
+            with self._lock:
+                for name in sorted(os.listdir(fd)):
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if name.startswith(".") or not stat.S_ISREG(info.st_mode):
+                        continue
+                    sha256 = self._sha256(fd, name, info.st_ino)
+                    found.append({"name": name, "length": info.st_size, "sha256": sha256})
+        finally:
+            os.close(fd)
         return found
 
 
@@ -324,16 +328,3 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
             fp.close()
             raise PackageError(403, f"{req.full_url} redirects to {exc}") from None
         return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _write_small(dir_fd: int, name: str, data: bytes) -> None:
-    temporary = f"{name}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary, dir_fd=dir_fd)
-    fd = os.open(temporary, _NEW, 0o600, dir_fd=dir_fd)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -1,4 +1,5 @@
-"""The script service: start, status (long-poll), cancel and complete, Tentacle-style.
+"""The script service: start, status (long-poll), cancel and complete, Tentacle-style (the
+package routes are packageservice.py's).
 
 On the reactor thread: validated requests (api.py) are authorised against the
 caller's trust entry and handed to the built-in worker (builtin.py: policy,
@@ -14,28 +15,26 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from twisted.internet import defer, threads
-from twisted.internet import reactor as _twisted_reactor
-from twisted.python.threadpool import ThreadPool
+from twisted.internet import defer
 from twisted.web import server
 
 from sandworker import __version__
 from sandworker.sandbox.layers import Layer
-from sandworker.sandbox.policy import PolicyDenied, PolicySet
+from sandworker.sandbox.policy import PolicySet
 from sandworker.sandbox.projects import InvalidProject, validate_project
 from sandworker.sandbox.runner import Sandbox
 from sandworker.sandbox.syntaxes import SYNTAXES
 
-from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request, json_object
+from .api import PROTOCOL_VERSION, Problem, StartRequest, bad_request
 from .audit import AuditLog, Event
 from .builtin import BuiltinWorker
 from .client import NEXT_SEQ_HEADER, STATE_HEADER
 from .driver import reactor
 from .http import Body, Encoded, FileBody, Handler, Identity
 from .metrics import Metrics
-from .packages import PACKAGE_FORMATS, PackageCache, PackageError, check_name, check_sha256
+from .packages import PACKAGE_FORMATS, PackageCache
+from .packageservice import PackageRoutes
 from .pools import Pools
 from .proxy import Proxy
 from .scheduler import Scheduler
@@ -49,9 +48,6 @@ from .tickets import (
 from .ticketstore import TicketStore
 
 MAX_LINES_PER_STATUS = 10_000
-ARRIVALS = 4  # packages arriving at once; more wait for a thread
-_TITLES = {400: "Bad Request", 403: "Forbidden", 413: "Content Too Large", 502: "Bad Gateway",
-           504: "Gateway Timeout", 507: "Insufficient Storage"}  # fmt: skip
 _REFUSALS = {403: "forbidden", 409: "conflict", 507: "disk_full"}  # by status (else 400)
 log = logging.getLogger(__name__)
 
@@ -87,8 +83,10 @@ class ScriptService:
         self.stopping = False  # SIGTERM: starts get 503 while running scripts finish
         self.packages = PackageCache(store.state_dir.parent / "packages")
         self.builtin.packages = self.proxy.packages = self.packages
-        self.max_package = max_package
-        self._arrivals = ThreadPool(0, ARRIVALS, name="packages")  # uploads and downloads
+        self._package_routes = PackageRoutes(
+            self.packages, audit, policies=policies, proxied=lambda: self.proxy.active,
+            project=self._project, max_package=max_package,
+        )  # fmt: skip
 
     def listening(self) -> None:
         """The listener is bound: follow again the tickets recovered at external workers."""
@@ -102,10 +100,7 @@ class ScriptService:
             ("POST", "scripts/{}/cancel"): self.cancel,
             ("DELETE", "scripts/{}"): self.complete,
             ("GET", "scripts/{}/artifacts/{}"): self.artifact,
-            ("PUT", "projects/{}/packages/{}"): self.upload,
-            ("GET", "projects/{}/packages"): self.packages_of,
-            ("POST", "projects/{}/packages"): self.fetch,
-            ("DELETE", "projects/{}/packages/{}"): self.remove_package,
+            **self._package_routes.routes(),
             ("GET", "health"): self.health,
             ("GET", "capabilities"): self.capabilities,
         }
@@ -158,104 +153,6 @@ class ScriptService:
         if wait and not ticket.complete and ticket.next_seq <= after + 1:
             await self._wait(ticket.id, wait, until_complete=False)
         return 200, self._status_body(ticket, after)
-
-    async def upload(
-        self, request: server.Request, parts: list[str], who: Identity
-    ) -> tuple[int, Body]:
-        """A package into the project's cache (packages.py), its SHA-256 checked."""
-        project = self._project(parts[0], who)
-        name = urllib.parse.unquote(parts[2])
-
-        def keep() -> tuple[int, str]:
-            check_name(name)
-            sha256 = check_sha256((request.getHeader(b"sandworker-sha256") or b"").decode())
-            length = int(request.getHeader(b"content-length") or 0)
-            assert request.content is not None
-            request.content.seek(0)
-            kept = self.packages.store(
-                project, name, request.content, length=length, sha256=sha256,
-                limit=self.max_package,
-            )  # fmt: skip
-            return kept, sha256
-
-        length, sha256 = await self._keep(keep)
-        self.audit.record(
-            Event.PACKAGE_UPLOADED, project=project, name=name, sha256=sha256, length=length,
-            client=who.thumbprint,
-        )  # fmt: skip
-        return 201, {"project": project, "name": name, "sha256": sha256, "length": length}
-
-    async def fetch(
-        self, request: server.Request, parts: list[str], who: Identity
-    ) -> tuple[int, Body]:
-        """A package the worker downloads itself, from a source the project's policy lists."""
-        project = self._project(parts[0], who)
-        if self.proxy.active:
-            raise Problem(501, "Not Implemented", "a proxy downloads nothing (the workers'"
-                          " policies list the sources): have a worker download the package,"
-                          " or upload it here")  # fmt: skip
-        doc = json_object(request.content.read() if request.content else b"",
-                          {"name", "url", "sha256"})  # fmt: skip
-        name, url = doc.get("name"), doc.get("url")
-        if not isinstance(name, str) or not isinstance(url, str):
-            raise bad_request('send {"name": "...", "url": "https://...", "sha256": "..."}')
-        try:
-            sources = self.builtin.policies().resolve(project).package_sources
-        except PolicyDenied as exc:
-            raise Problem(403, "Forbidden", str(exc), reason="policy") from None
-
-        def keep() -> tuple[int, str]:
-            check_name(name)
-            sha256 = check_sha256(doc.get("sha256") if isinstance(doc.get("sha256"), str) else "")
-            length = self.packages.fetch(
-                project, name, url, sha256=sha256, sources=sources, limit=self.max_package
-            )
-            return length, sha256
-
-        length, sha256 = await self._keep(keep)
-        self.audit.record(
-            Event.PACKAGE_FETCHED, project=project, name=name, sha256=sha256, length=length,
-            url=url, client=who.thumbprint,
-        )  # fmt: skip
-        return 201, {"project": project, "name": name, "sha256": sha256, "length": length,
-                     "url": url}  # fmt: skip
-
-    async def remove_package(
-        self, _request: server.Request, parts: list[str], who: Identity
-    ) -> tuple[int, Body]:
-        """Remove a package from the cache (scripts already running keep their copy)."""
-        project = self._project(parts[0], who)
-        name = urllib.parse.unquote(parts[2])
-        try:
-            removed = await threads.deferToThread(self.packages.remove, project, name)
-        except PackageError as exc:
-            raise Problem(exc.status, _TITLES.get(exc.status, "Error"), str(exc)) from None
-        except OSError as exc:
-            raise Problem(507, "Insufficient Storage", f"the package stays: {exc}") from None
-        if not removed:
-            raise Problem(404, "Not Found", f"project {project} has no package {name}")
-        self.audit.record(Event.PACKAGE_REMOVED, project=project, name=name, client=who.thumbprint)
-        return 200, {"project": project, "name": name, "removed": True}
-
-    async def _keep(self, keep: Callable[[], tuple[int, str]]) -> tuple[int, str]:
-        """Run a package's arrival in a thread of their own pool (a slow download never holds
-        up artifact collection); its refusals as HTTP problems."""
-        twisted: Any = _twisted_reactor
-        if not self._arrivals.started:
-            self._arrivals.start()
-            twisted.addSystemEventTrigger("during", "shutdown", self._arrivals.stop)
-        try:
-            return await threads.deferToThreadPool(twisted, self._arrivals, keep)
-        except PackageError as exc:
-            raise Problem(exc.status, _TITLES.get(exc.status, "Error"), str(exc)) from None
-        except OSError as exc:
-            raise Problem(507, "Insufficient Storage", f"the package was not kept: {exc}") from None
-
-    async def packages_of(
-        self, _request: server.Request, parts: list[str], who: Identity
-    ) -> tuple[int, Body]:
-        project = self._project(parts[0], who)
-        return 200, {"project": project, "packages": self.packages.list(project)}
 
     def _project(self, raw: str, who: Identity) -> str:
         try:

@@ -474,8 +474,12 @@ def run(name: str, prefix: list[str], arguments: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def _fail(message: str) -> None:
+def _complain(message: str) -> None:
     print(f"sandworker: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str) -> None:
+    _complain(message)
     _service("resultMessage", message=message)
 
 
@@ -525,8 +529,7 @@ def run_step(part: str, config: dict[str, Any], variables: dict[str, str]) -> in
         return 0
     code = run(found[0], found[1], config["arguments"])
     if code:
-        print(f"sandworker: {found[0]} failed with exit code {code}", file=sys.stderr,
-              flush=True)  # fmt: skip
+        _complain(f"{found[0]} failed with exit code {code}")
     return code
 
 
@@ -553,7 +556,7 @@ def main() -> int:
         try:
             run_step("DeployFailed", config, variables)
         except (Refused, OSError) as exc:
-            print(f"sandworker: {exc}", file=sys.stderr, flush=True)
+            _complain(str(exc))
     return failed
 
 
